@@ -1,0 +1,29 @@
+# Two commands on a fresh machine with python3 and make:
+#   make run    set up .venv and run the main job on the embedded default data
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint bench clean
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/activate
+
+setup: $(BIN)/activate
+
+run: setup
+	$(BIN)/python -m jaxguard.demo
+
+test: setup
+	$(BIN)/ruff check jaxguard tests benchmarks configs
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks.losses
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,89 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxguard import losses
+
+
+def _seed_hinge(distance, threshold):
+    """Seed 004's version: quadratic near, `tau * d + tau**2` far (jumps at the threshold)."""
+    return jnp.where(distance < threshold, distance**2, threshold * distance + threshold**2)
+
+
+def _ours_on_distance(distance, threshold):
+    pred = jnp.stack([distance, 0.0])[None]
+    return losses.distance_hinge(pred, jnp.zeros_like(pred), threshold=threshold)[0]
+
+
+def _continuity_gaps(fn, threshold, eps=1e-4):
+    """Value and slope jumps of `fn(d)` across `d = threshold`, in float64-ish precision."""
+    below, above = jnp.float32(threshold - eps), jnp.float32(threshold + eps)
+    value_jump = float(fn(above, threshold) - fn(below, threshold))
+    slope = jax.grad(lambda d: fn(d, threshold))
+    slope_jump = float(slope(above) - slope(below))
+    return abs(value_jump), abs(slope_jump)
+
+
+@settings(max_examples=40, deadline=None)
+@given(threshold=st.floats(0.02, 0.5))
+def test_value_and_slope_continuous_at_threshold(threshold):
+    value_jump, slope_jump = _continuity_gaps(_ours_on_distance, threshold)
+    # Within eps: a smooth function moves by ~slope * 2 eps, its slope by ~2 eps * curvature.
+    assert value_jump <= 2 * (2 * threshold) * 1e-4 + 1e-6
+    assert slope_jump <= 4 * 1e-4 + 1e-5
+
+
+@settings(max_examples=20, deadline=None)
+@given(threshold=st.floats(0.02, 0.5))
+def test_seed_hinge_fails_the_same_check(threshold):
+    value_jump, slope_jump = _continuity_gaps(_seed_hinge, threshold)
+    assert value_jump > 0.9 * threshold**2
+    assert slope_jump > 0.9 * threshold
+
+
+def test_equals_twice_optax_huber_of_euclidean_distance(rng):
+    pred = rng.uniform(size=(50, 2)).astype(np.float32)
+    target = rng.uniform(size=(50, 2)).astype(np.float32)
+    distance = np.linalg.norm(pred - target, axis=-1)
+    expected = 2 * optax.losses.huber_loss(distance, delta=0.1)
+    np.testing.assert_allclose(
+        losses.distance_hinge(pred, target, threshold=0.1), expected, rtol=1e-5, atol=1e-7
+    )
+
+
+def test_l1_norm_reproduces_the_seed_distance(rng):
+    pred = rng.uniform(size=(20, 2)).astype(np.float32)
+    target = rng.uniform(size=(20, 2)).astype(np.float32)
+    d = np.abs(pred - target).sum(-1).astype(np.float64)
+    expected = np.where(d <= 0.3, d**2, 0.6 * d - 0.09)
+    got = losses.distance_hinge(pred, target, threshold=0.3, norm="l1")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_exact_hit_has_zero_finite_gradient():
+    pred = jnp.array([[0.3, 0.6]])
+    grad = jax.grad(lambda p: losses.distance_hinge(p, pred, threshold=0.1).sum())(pred)
+    np.testing.assert_array_equal(grad, np.zeros((1, 2)))
+
+
+def test_far_gradient_has_constant_magnitude_two_tau():
+    pred = jnp.array([[0.9, 0.1], [0.5, 0.9]])
+    grad = jax.grad(lambda p: losses.distance_hinge(p, jnp.zeros_like(p), threshold=0.1).sum())(
+        pred
+    )
+    np.testing.assert_allclose(np.linalg.norm(grad, axis=-1), [0.2, 0.2], rtol=1e-5)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="`pred` must end in an axis of size 2"):
+        losses.distance_hinge(jnp.zeros((3, 3)), jnp.zeros((3, 3)), threshold=0.1)
+    with pytest.raises(ValueError, match="`threshold` must be finite and > 0"):
+        losses.distance_hinge(jnp.zeros((3, 2)), jnp.zeros((3, 2)), threshold=0.0)
+    with pytest.raises(ValueError, match="`norm` must be one of"):
+        losses.distance_hinge(jnp.zeros((3, 2)), jnp.zeros((3, 2)), threshold=0.1, norm="linf")
+    with pytest.raises(ValueError, match="`pred` has shape \\(3, 2\\) but `target`"):
+        losses.distance_hinge(jnp.zeros((3, 2)), jnp.zeros((4, 2)), threshold=0.1)
