@@ -1,0 +1,1 @@
+"""Bundled run configs; each module exposes `get_config(arg=None)`."""

@@ -1,0 +1,91 @@
+"""The schema every jaxguard run shares: one key per setting, with its default.
+
+Task configs start from `get_config()` here, fill `data`, `model` and `loss`
+with their own keys, and change the shared defaults they need. The loader locks
+the result, so a typo in a variant or an override (`--cfg.optim.lrr=3e-4`) fails
+before anything is compiled, naming the key and the closest valid one.
+
+This file is not a run by itself: it has no task.
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+    config.task = ""  # Registry name of the task, set by each task config.
+    config.seed = 0  # Seeds data generation, parameter init, dropout and shuffling.
+    config.workdir = ""  # Empty: runs/<task>-<timestamp>; --workdir overrides.
+
+    # Task-specific sections, filled by the task config.
+    config.data = config_dict.ConfigDict()
+    config.model = config_dict.ConfigDict()
+    config.loss = config_dict.ConfigDict()
+
+    # Optimizer: an optax chain of clipping, the optimizer, and an optional plateau scaler.
+    config.optim = config_dict.ConfigDict()
+    config.optim.optimizer = "adamw"  # adamw | adam | sgd
+    config.optim.lr = 1e-3  # Peak learning rate.
+    config.optim.weight_decay = 0.0  # Decoupled weight decay (adamw only).
+    config.optim.momentum = 0.9  # sgd only.
+    config.optim.schedule = "constant"  # constant | cosine (after warm-up, to lr * final_lr_ratio).
+    config.optim.warmup_epochs = 0.0  # Linear warm-up from 0 to lr.
+    config.optim.final_lr_ratio = 0.0  # cosine only.
+    config.optim.clip_norm = 0.0  # Global gradient-norm clipping; 0 disables.
+    config.optim.plateau = config_dict.ConfigDict()
+    config.optim.plateau.enabled = False  # optax.contrib.reduce_on_plateau on the epoch's val loss.
+    config.optim.plateau.factor = 0.5
+    config.optim.plateau.patience = 5  # Epochs without improvement before the lr is scaled.
+    config.optim.plateau.rtol = 1e-4
+    config.optim.plateau.cooldown = 0
+    config.optim.plateau.min_scale = 1e-3
+
+    # Training loop.
+    config.train = config_dict.ConfigDict()
+    config.train.epochs = 20
+    config.train.batch_size = 32
+    config.train.steps_per_epoch = 0  # 0: one pass over the training split.
+
+    # Evaluation.
+    config.eval = config_dict.ConfigDict()
+    config.eval.batch_size = 256
+    config.eval.every_epochs = 1
+
+    # Guards: checks that stop or warn while the run is going.
+    config.guard = config_dict.ConfigDict()
+    stop = config.guard.early_stopping = config_dict.ConfigDict()
+    stop.enabled = True
+    stop.monitor = (
+        "loss"  # A validation metric name or an expression of them, e.g. "loss - 2 * r2".
+    )
+    stop.mode = "min"  # min | max: the direction in which `monitor` improves.
+    stop.patience = 10  # Evaluations without an improvement larger than min_delta.
+    stop.min_delta = 0.0
+    stop.start_epoch = 0  # Evaluations before this epoch never stop the run.
+    stop.stopping_threshold = config_dict.placeholder(float)  # Stop once monitor is this good.
+    stop.divergence_threshold = config_dict.placeholder(float)  # Stop once monitor is this bad.
+    stop.check_finite = True  # Stop when monitor is NaN or infinite.
+
+    collapse = config.guard.collapse = config_dict.ConfigDict()
+    collapse.enabled = False  # Regression tasks switch it on.
+    collapse.metric = "std_ratio"  # Validation metric watched: std_ratio or pred_std.
+    collapse.warn_below = 0.5
+    collapse.stop_below = 0.1
+    collapse.patience = 3  # Consecutive evaluations below stop_below before the run stops.
+    collapse.start_epoch = 1
+
+    nonfinite = config.guard.nonfinite = config_dict.ConfigDict()
+    nonfinite.max_consecutive = 5  # Skipped non-finite updates in a row before the run stops.
+
+    # Logging.
+    config.log = config_dict.ConfigDict()
+    config.log.every_steps = 20  # Training scalars (loss terms, gradient and update norms, lr).
+    config.log.diagnostics_every_steps = 100  # Val-batch pred std / R2, histograms, weight norms.
+    config.log.histogram_bins = 20
+    config.log.progress = True  # Console progress bar.
+
+    # Checkpoints (orbax): the latest for --resume and the best by the early-stopping monitor.
+    config.ckpt = config_dict.ConfigDict()
+    config.ckpt.every_epochs = 1
+    config.ckpt.keep_latest = 2
+    return config
