@@ -6,10 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from jaxguard.configs import base
 from ml_collections import config_dict
 
 from jaxguard import config as cfg
+from jaxguard.configs import base
 
 TINY = """
     from ml_collections import config_dict

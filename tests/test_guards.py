@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 import pytest
-from jaxguard.configs.base import get_config
 from ml_collections import config_dict
 
+from jaxguard.configs.base import get_config
 from jaxguard.guards import (
     CollapseGuard,
     EarlyStopping,

@@ -1,0 +1,26 @@
+"""Streaming metrics: mergeable pytrees of exact sufficient statistics.
+
+Every metric follows one protocol: ``m = Cls.empty(**config)``, ``m = m.update(...)``
+(pure, jittable), ``m = m.merge(other)`` (exact, associative) and ``m.compute()`` (a dict
+of host-side Python floats). NaN/Inf inputs are excluded and counted under `nonfinite`.
+"""
+
+from jaxguard.metrics._extremes import ExtremeMetrics
+from jaxguard.metrics._histogram import Histogram
+from jaxguard.metrics._moments import (
+    Moments,
+    merge_stacked,
+)
+from jaxguard.metrics._pointing import PointingMetrics
+from jaxguard.metrics._regression import RegressionMetrics
+from jaxguard.metrics._segmentation import SegmentationMetrics
+
+__all__ = [
+    "ExtremeMetrics",
+    "Histogram",
+    "Moments",
+    "PointingMetrics",
+    "RegressionMetrics",
+    "SegmentationMetrics",
+    "merge_stacked",
+]
