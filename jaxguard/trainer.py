@@ -246,36 +246,119 @@ def evaluate(eval_step, state: TrainState, split: Split, empty_metrics, batch_si
 
 @dataclasses.dataclass
 class _Guards:
+    """The run's guards: the shared ones from `config.guard` and the task's own.
+
+    A task guard has `update(epoch, metrics) -> GuardEvent | None` (called after each
+    evaluation with the validation metrics plus `train_loss`), `state_dict()` and
+    `load_state_dict()`, and optionally `update_step(step, epoch, scalars)` (called at
+    every logging step with the train-step measurements).
+    """
+
     early_stopping: guards_lib.EarlyStopping | None
     collapse: guards_lib.CollapseGuard | None
     nonfinite: guards_lib.NonFiniteGuard
+    task_guards: dict[str, Any]
 
     @classmethod
-    def from_config(cls, guard: ConfigDict) -> _Guards:
+    def from_config(cls, guard: ConfigDict, task_guards: dict[str, Any]) -> _Guards:
+        stop, collapse = guard.early_stopping, guard.collapse
         return cls(
-            early_stopping=(
-                guards_lib.EarlyStopping.from_config(guard.early_stopping)
-                if guard.early_stopping.enabled
-                else None
-            ),
-            collapse=guards_lib.CollapseGuard.from_config(guard.collapse)
-            if guard.collapse.enabled
-            else None,
+            early_stopping=guards_lib.EarlyStopping.from_config(stop) if stop.enabled else None,
+            collapse=guards_lib.CollapseGuard.from_config(collapse) if collapse.enabled else None,
             nonfinite=guards_lib.NonFiniteGuard.from_config(guard.nonfinite),
+            task_guards=task_guards,
         )
 
-    def state_dict(self) -> dict:
-        return {
-            name: guard.state_dict()
-            for name, guard in dataclasses.asdict(self, dict_factory=dict).items()
-            if guard is not None
+    def _all(self) -> dict[str, Any]:
+        shared = {
+            "early_stopping": self.early_stopping,
+            "collapse": self.collapse,
+            "nonfinite": self.nonfinite,
         }
+        return {name: g for name, g in {**shared, **self.task_guards}.items() if g is not None}
+
+    def per_evaluation(self) -> list[Any]:
+        """Collapse and task guards first, early stopping last (it picks the best checkpoint)."""
+        ordered = [self.collapse, *self.task_guards.values(), self.early_stopping]
+        return [guard for guard in ordered if guard is not None]
+
+    def per_step(self) -> list[Any]:
+        return [g for g in self.task_guards.values() if hasattr(g, "update_step")]
+
+    def state_dict(self) -> dict:
+        return {name: guard.state_dict() for name, guard in self._all().items()}
 
     def load_state_dict(self, saved: Mapping[str, dict]) -> None:
+        guards = self._all()
         for name, value in saved.items():
-            guard = getattr(self, name)
-            if guard is not None:
-                guard.load_state_dict(value)
+            if name in guards:
+                guards[name].load_state_dict(value)
+
+
+def load_run_config(run_dir: str) -> ConfigDict:
+    """The resolved config a finished run saved in `RUN_DIR/config.json`, locked."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise config_lib.ConfigError(
+            f"{run_dir}: no config.json (is this a jaxguard run directory?)"
+        )
+    with open(path) as f:
+        config = ConfigDict(json.load(f))
+    config.lock()
+    return config
+
+
+def restore_model(run_dir: str):
+    """`(config, model, splits)` of a run, the model holding its best (else latest) weights.
+
+    The model is in eval mode. Used by the tools that work on a finished run
+    (`jaxguard.sample`, inference scripts).
+    """
+    config = load_run_config(run_dir)
+    task = tasks.get_task(config.task)
+    splits = task.make_splits(config)
+    run = _build(config, task, splits)
+    checkpoints = RunCheckpoints(run_dir, keep_latest=config.ckpt.keep_latest)
+    restored = checkpoints.restore_best(run.state) or checkpoints.restore_latest(run.state)
+    checkpoints.close()
+    if restored is None:
+        raise config_lib.ConfigError(f"{run_dir}: no checkpoint to restore")
+    state, _ = restored
+    model = nnx.merge(run.graphdef, state.params, state.model_state)
+    model.eval()
+    return config, model, splits
+
+
+@dataclasses.dataclass
+class _Build:
+    """What a config builds before training: the model pieces, the optimizer, the sizes."""
+
+    model: nnx.Module
+    graphdef: Any
+    state: TrainState
+    tx: optax.GradientTransformationExtraArgs
+    schedule: optax.Schedule
+    steps_per_epoch: int
+
+
+def _build(config: ConfigDict, task, splits, prepare: Callable | None = None) -> _Build:
+    """Model, optimizer and initial state; `prepare(model)` runs before the state is taken."""
+    steps = steps_per_epoch(config, split_size(splits["train"]))
+    model = task.make_model(config, splits, nnx.Rngs(config.seed, dropout=config.seed + 1))
+    if prepare is not None:
+        prepare(model)
+    tx, schedule = build_optimizer(
+        config.optim, steps_per_epoch=steps, total_steps=steps * config.train.epochs
+    )
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        plateau_value=jnp.zeros(()),
+    )
+    return _Build(model, graphdef, state, tx, schedule, steps)
 
 
 def _default_workdir(config: ConfigDict) -> str:
@@ -342,22 +425,18 @@ def train_and_evaluate(
     config_lib.save_config(config, os.path.join(workdir, "config.json"))
 
     splits = task.make_splits(config)
-    steps = steps_per_epoch(config, split_size(splits["train"]))
-    total_steps = steps * config.train.epochs
-    model = task.make_model(config, splits, nnx.Rngs(config.seed, dropout=config.seed + 1))
-    pretrain_summary = None
-    if not resume:  # A resumed run restores the pretrained weights from its checkpoint.
-        pretrain_summary = task.pretrain(config, model, splits, console.line)
+    pretrain_summary = {}
+
+    def pretrain(model):
+        pretrain_summary["result"] = _hook(task, "pretrain", None)(
+            config, model, splits, console.line
+        )
+
+    # A resumed run restores the pretrained weights from its checkpoint instead.
+    run = _build(config, task, splits, prepare=None if resume else pretrain)
+    graphdef, state, schedule, steps = run.graphdef, run.state, run.schedule, run.steps_per_epoch
     loss_fn = task.make_loss(config, splits, steps)
-    tx, schedule = build_optimizer(config.optim, steps_per_epoch=steps, total_steps=total_steps)
-    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        model_state=model_state,
-        opt_state=tx.init(params),
-        plateau_value=jnp.zeros(()),
-    )
+    params = state.params
     param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     console.line(
         f"{config.task}: {param_count:,} parameters, {split_size(splits['train'])} training "
@@ -365,15 +444,15 @@ def train_and_evaluate(
         f"{steps} steps per epoch, workdir {workdir}"
     )
 
-    guards = _Guards.from_config(config.guard)
+    guards = _Guards.from_config(config.guard, _hook(task, "make_guards", {})(config, splits))
     val_metric_names = set(task.empty_metrics(config).compute()) | {"loss"}
     if guards.early_stopping is not None:
         try:
             guards.early_stopping.monitor.validate(val_metric_names)
         except ValueError as error:
             raise config_lib.ConfigError(f"guard.early_stopping.monitor: {error}") from None
-    for warning in task.config_warnings(config):
-        console.line(f"warning: {warning}")
+    for line in _hook(task, "startup_lines", [])(config, splits):
+        console.line(line)
 
     checkpoints = RunCheckpoints(workdir, keep_latest=config.ckpt.keep_latest)
     start_epoch = 0
@@ -403,7 +482,7 @@ def train_and_evaluate(
     if not resume:
         writer.write_hparams(config_lib.flatten(config), {"param_count": param_count})
 
-    train_step = make_train_step(graphdef, task, loss_fn, tx, schedule)
+    train_step = make_train_step(graphdef, task, loss_fn, run.tx, schedule)
     eval_step = make_eval_step(graphdef, task, loss_fn)
     empty_metrics = task.empty_metrics(config)
     diag_batch = next(iterate_batches(splits["val"], config.eval.batch_size, drop_last=False))
@@ -434,6 +513,8 @@ def train_and_evaluate(
                         scalars,
                     )
                     _handle(event, console)
+                    for guard in guards.per_step():
+                        _handle(guard.update_step(step, epoch, scalars), console)
                     console.progress(epoch, index + 1, steps, scalars["loss"])
                 if step % config.log.diagnostics_every_steps == 0:
                     _write_diagnostics(
@@ -456,11 +537,15 @@ def train_and_evaluate(
             writer.write_scalars(step, {f"val/{k}": v for k, v in val.items() if _is_number(v)})
             writer.write_histograms(step, task.histograms(val_outputs, val_batches))
             writer.write_histograms(step, _weight_histograms(state.params))
+            writer.write_images(step, _hook(task, "images", {})(val_outputs, val_batches))
 
-            is_best, stop_event = _update_epoch_guards(guards, epoch, val, console)
+            train_loss = float(np.mean(train_losses)) if train_losses else math.nan
+            is_best, stop_event = _update_epoch_guards(
+                guards, epoch, {**val, "train_loss": train_loss}, console
+            )
             record = {
                 "epoch": epoch,
-                "train_loss": float(np.mean(train_losses)) if train_losses else math.nan,
+                "train_loss": train_loss,
                 **{f"val_{k}": v for k, v in val.items() if _is_number(v)},
             }
             history.append(record)
@@ -516,15 +601,19 @@ def train_and_evaluate(
         "epochs_run": len(history),
         "train_seconds": train_seconds,
         "param_count": param_count,
-        "pretrain": pretrain_summary,
+        "pretrain": pretrain_summary.get("result"),
         "test": _json_safe({k: v for k, v in test.items() if _is_number(v)}),
     }
+    predict = _make_predict(graphdef, jax.device_put(state, replicated), task)
+    export_lines = _hook(task, "export", [])(config, workdir, predict, splits)
     _write_outputs(
         workdir,
         summary,
         task.prediction_table(test_outputs, test_batches),
-        task.report_lines(config, splits, summary),
+        task.report_lines(config, splits, summary) + export_lines,
     )
+    for line in export_lines:
+        console.line(line)
     writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in summary["test"].items()})
     writer.close()
     checkpoints.close()
@@ -544,21 +633,34 @@ def _handle(event: guards_lib.GuardEvent | None, console: Console) -> None:
     console.line(f"{event.level}: {event.message}")
 
 
-def _update_epoch_guards(guards: _Guards, epoch: int, val: dict, console: Console):
-    """Runs the per-evaluation guards; returns (is_best, stop event or None)."""
+def _update_epoch_guards(guards: _Guards, epoch: int, metrics: dict, console: Console):
+    """Runs the per-evaluation guards; returns (is_best, first stop event or None)."""
     stop_event = None
-    is_best = False
-    for guard in (guards.collapse, guards.early_stopping):
-        if guard is None:
-            continue
-        event = guard.update(epoch, val)
+    for guard in guards.per_evaluation():
+        event = guard.update(epoch, metrics)
         if event is not None and event.level == "stop":
             stop_event = stop_event or event
         elif event is not None:
             console.line(f"{event.level}: {event.message}")
-    if guards.early_stopping is not None:
-        is_best = guards.early_stopping.is_improvement
+    is_best = guards.early_stopping is not None and guards.early_stopping.is_improvement
     return is_best, stop_event
+
+
+def _make_predict(graphdef, state: TrainState, task) -> Callable:
+    """`predict(batch) -> outputs`: `task.forward` of the given state in eval mode, jitted."""
+
+    @jax.jit
+    def predict(batch):
+        model = nnx.merge(graphdef, state.params, state.model_state)
+        model.eval()
+        return task.forward(model, batch)
+
+    return predict
+
+
+def _hook(task, name: str, default):
+    """An optional task hook, or a function returning `default` when the task has none."""
+    return getattr(task, name, lambda *args: default)
 
 
 def _volatility(losses: list[float]) -> float:
@@ -605,6 +707,8 @@ def _weight_histograms(params: nnx.State) -> dict[str, np.ndarray]:
 
 
 def _dump_collapse(workdir, outputs, batches, task, event) -> None:
+    if not hasattr(task, "collapse_arrays"):
+        return
     pred, target = task.collapse_arrays(outputs, batches)
     figures = guards_lib.collapse_diagnostics(pred, target)
     figures["message"] = event.message

@@ -166,3 +166,16 @@ def test_pretraining_reconstructs_frames_and_stops_on_patience():
     after = nnx.to_pure_dict(nnx.state(model.encoder))
     pairs = zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
     assert any(not np.allclose(a, b) for a, b in pairs)
+
+
+def test_restore_model_reproduces_the_written_predictions(finished_run):
+    import jax.numpy as jnp
+
+    config, workdir, _ = finished_run
+    restored_config, model, splits = trainer.restore_model(workdir)
+    assert restored_config.to_dict() == json.load(open(os.path.join(workdir, "config.json")))
+    pred = np.asarray(model(jnp.asarray(splits["test"]["frames"])))
+    written = np.loadtxt(os.path.join(workdir, "predictions.csv"), delimiter=",", skiprows=1)
+    np.testing.assert_allclose(pred, written[:, 1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(config_lib.ConfigError, match="no config.json"):
+        trainer.restore_model(os.path.dirname(workdir))

@@ -1,10 +1,28 @@
 """Task definitions: data, model and loss for each jaxguard task.
 
-A task is a module with the hooks `jaxguard.trainer` calls: `make_splits`,
-`make_model`, `make_loss`, `config_warnings`, `forward`, `loss_inputs`,
-`empty_metrics`, `update_metrics`, `head`, `histograms`, `collapse_arrays`,
-`prediction_table`, `report_lines`, `pretrain`, and the tuples `EPOCH_LINE`
-and `DIAGNOSTIC_KEYS`. `TASKS` below is the registry of valid `config.task` names.
+A task is a module that `jaxguard.trainer` calls through these hooks:
+
+Required:
+  EPOCH_LINE: `((label, val metric key), ...)` shown in the per-epoch console line.
+  DIAGNOSTIC_KEYS: metric keys logged for the fixed validation batch (`diag/...`).
+  make_splits(config) -> {"train"|"val"|"test": {name: np.ndarray [N, ...]}}
+  make_model(config, splits, rngs) -> nnx.Module
+  make_loss(config, splits, steps_per_epoch) -> jaxguard.losses.CompositeLoss
+  forward(model, batch) -> dict of model outputs (jittable)
+  loss_inputs(outputs, batch) -> dict of the arrays the loss terms name
+  empty_metrics(config) -> a jaxguard.metrics state; update_metrics(metrics, outputs, batch)
+  head(model) -> the output layer (its weight norm is logged)
+  histograms(outputs, batch) -> {name: array}; prediction_table(outputs, batch) -> {column: [N]}
+  report_lines(config, splits, summary) -> lines of report.txt
+Optional (the default does nothing):
+  startup_lines(config, splits) -> lines printed before training (figures, warnings)
+  make_guards(config, splits) -> {name: guard} beside the shared guards (see trainer._Guards)
+  pretrain(config, model, splits, log) -> summary dict or None
+  images(outputs, batch) -> {name: [H, W, 3] image} for TensorBoard, each epoch
+  collapse_arrays(outputs, batch) -> (pred, target) for the collapse diagnostic dump
+  export(config, workdir, predict, splits) -> lines; `predict(batch)` runs the best model
+
+`TASKS` below is the registry of valid `config.task` names.
 """
 
 from __future__ import annotations
