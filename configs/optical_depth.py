@@ -6,14 +6,15 @@ penalty (weight 0.5), early stopping on validation R², head init std 0.5,
 
     python -m jaxguard.train --cfg configs/optical_depth.py
 
-Expected on 2 CPU cores: about 2-3 minutes; test R² ~0.6 against an oracle R² of
-~0.75, std ratio ~0.9 (figures measured by the README's benchmark note).
+Expected on 2 CPU cores: about 1-1.5 minutes of training; test R² 0.68-0.79 against an
+oracle R² of 0.77-0.86 (86-93% of it) and std ratio 0.87-0.96 over seeds 0-2.
 
 Variants (`--cfg configs/optical_depth.py:NAME`) reproduce seed 000's runs:
   run1  7 frames, head init std 0.5, overweight 1.5, MAE, early stopping on val loss
         (its SSL pretraining was broken; here the pretraining stage is on and works)
   run2  as run1 without pretraining and with head init std 0.01, bias 0
-  run3  as run2 with head init std 0.1 (the run that collapsed: std ratio 3.4%)
+  run3  as run2 with head init std 0.1 (the seed's collapse, std ratio 3.4%; on this
+        data it does not collapse: test R² 0.755, std ratio 0.91)
   small a seconds-long run for tests and smoke checks
 """
 
@@ -79,6 +80,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.guard.early_stopping.monitor = "r2"
     config.guard.early_stopping.mode = "max"
     config.guard.early_stopping.patience = 6
+    config.guard.early_stopping.start_epoch = 4  # Val R² swings by ~0.1 in the first epochs.
     config.guard.collapse.enabled = True
     config.guard.collapse.metric = "std_ratio"
     config.guard.collapse.warn_below = 0.4

@@ -1,0 +1,1 @@
+"""The optical-depth task: sequences of image frames regressed to one scalar optical depth."""
