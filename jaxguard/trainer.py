@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import optax.contrib
 from flax import nnx, struct
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
@@ -367,7 +367,9 @@ def _default_workdir(config: ConfigDict) -> str:
 
 def _data_sharding():
     """Batches split along their leading axis over every device; state replicated."""
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    # Auto axes: with make_mesh's default Explicit axes, a scatter whose indices come from the
+    # batch (Histogram.update in PointingMetrics) fails outside a mesh context.
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
     return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
 
@@ -532,7 +534,9 @@ def train_and_evaluate(
             val, val_outputs, val_batches = evaluate(
                 eval_step, state, splits["val"], empty_metrics, config.eval.batch_size, shard
             )
-            state = state.replace(plateau_value=jnp.asarray(val["loss"], jnp.float32))
+            # Placed like the rest of the state: an uncommitted array would recompile the step.
+            plateau_value = jax.device_put(jnp.asarray(val["loss"], jnp.float32), replicated)
+            state = state.replace(plateau_value=plateau_value)
             step = int(state.step)
             writer.write_scalars(step, {f"val/{k}": v for k, v in val.items() if _is_number(v)})
             writer.write_histograms(step, task.histograms(val_outputs, val_batches))
