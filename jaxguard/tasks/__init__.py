@@ -33,6 +33,9 @@ from types import ModuleType
 
 TASKS = {
     "optical_depth": "jaxguard.tasks.optical_depth.task",
+    "cvae": "jaxguard.tasks.cvae.task",
+    "surface": "jaxguard.tasks.surface.task",
+    "pointer": "jaxguard.tasks.pointer.task",
 }
 
 

@@ -1,0 +1,1 @@
+"""3D surface segmentation (seed 003)."""
