@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxguard import _checks
+from jaxguard.losses._sums import sums_over_last_axis
 
 
 def _check_fields(fn: str, pred: jax.Array, target: jax.Array) -> None:
@@ -43,15 +44,7 @@ def extreme_mae(pred: jax.Array, target: jax.Array, *, threshold: float) -> jax.
       Scalar `[]`.
     """
     _check_fields("extreme_mae", pred, target)
-    axes = tuple(range(1, pred.ndim))
-    is_extreme = target > threshold
-    counts = jnp.sum(is_extreme, axis=axes)
-    error_sums = jnp.sum(jnp.where(is_extreme, jnp.abs(pred - target), 0.0), axis=axes)
-    has_extreme = counts > 0
-    # max(count, 1): samples without extremes divide by 1 and are masked out below.
-    per_sample = error_sums / jnp.maximum(counts, 1)
-    samples_with_extremes = jnp.sum(has_extreme)
-    return jnp.sum(jnp.where(has_extreme, per_sample, 0.0)) / jnp.maximum(samples_with_extremes, 1)
+    return _mae_terms_jit(pred, target, threshold)[1]
 
 
 def extreme_weighted_mae(
@@ -81,8 +74,77 @@ def extreme_weighted_mae(
     _check_fields("extreme_weighted_mae", pred, target)
     _checks.check_positive("extreme_weighted_mae", "lambda_base", lambda_base, allow_zero=True)
     _checks.check_positive("extreme_weighted_mae", "lambda_ext", lambda_ext, allow_zero=True)
-    base = jnp.mean(jnp.abs(pred - target))
-    return lambda_base * base + lambda_ext * extreme_mae(pred, target, threshold=threshold)
+    base, extreme = _mae_terms_jit(pred, target, threshold)
+    return lambda_base * base + lambda_ext * extreme
+
+
+def _extreme_statistics(pred: jax.Array, target: jax.Array, threshold):
+    """Per-sample `(|E_i|, sum over E_i of |error|, sum of |error|)`, `[batch]` each.
+
+    One pass over both fields (`sums_over_last_axis`) with the mask, the absolute error
+    and its masked copy fused into the reduction: nothing of full size is written.
+    """
+    batch = pred.shape[0]
+    dtype = jnp.promote_types(jnp.result_type(pred, target), jnp.float32)
+
+    def terms(p, t):
+        # Compared in the target's own dtype, as `target > threshold` always was.
+        is_extreme = t > threshold
+        error = jnp.abs(p.astype(dtype) - t.astype(dtype))
+        return is_extreme.astype(jnp.int32), jnp.where(is_extreme, error, 0.0), error
+
+    return sums_over_last_axis(terms, pred.reshape(batch, -1), target.reshape(batch, -1))
+
+
+def _extreme_weights(counts: jax.Array, dtype) -> jax.Array:
+    """`1 / (|E_i| |S|)` for samples with extremes, else 0: d extreme_mae / d error sum_i."""
+    has_extreme = counts > 0
+    samples_with_extremes = jnp.sum(has_extreme)
+    # max(., 1): samples (or batches) without extremes divide by 1 and are masked out.
+    divisor = jnp.maximum(counts, 1).astype(dtype) * jnp.maximum(samples_with_extremes, 1)
+    return jnp.where(has_extreme, 1.0 / divisor, 0.0)
+
+
+@jax.custom_vjp
+def _mae_terms(pred: jax.Array, target: jax.Array, threshold) -> tuple[jax.Array, jax.Array]:
+    """`(MAE over all pixels, extreme_mae)`, with a one-pass forward and an analytic gradient."""
+    return _mae_terms_fwd(pred, target, threshold)[0]
+
+
+def _mae_terms_fwd(pred: jax.Array, target: jax.Array, threshold):
+    counts, extreme_sums, error_sums = _extreme_statistics(pred, target, threshold)
+    weights = _extreme_weights(counts, error_sums.dtype)
+    dtype = jnp.result_type(pred, target)
+    base = (jnp.sum(error_sums) / pred.size).astype(dtype)
+    extreme = jnp.sum(weights * extreme_sums).astype(dtype)
+    return (base, extreme), (pred, target, threshold, weights)
+
+
+def _mae_terms_bwd(residuals, cotangents):
+    """One fused elementwise pass: `d|e|/de * (g_base / n + [extreme] g_extreme w_i)`."""
+    pred, target, threshold, weights = residuals
+    base_cotangent, extreme_cotangent = cotangents
+    batch = pred.shape[0]
+    dtype = weights.dtype
+    flat_pred = pred.reshape(batch, -1)
+    flat_target = target.reshape(batch, -1)
+    error = flat_pred.astype(dtype) - flat_target.astype(dtype)
+    # jnp.abs's own derivative: +1 at error >= 0 (zero included), -1 below (and for NaN).
+    direction = jnp.where(error >= 0, 1.0, -1.0)
+    per_sample = (extreme_cotangent * weights)[:, None]
+    pixel_weight = base_cotangent / pred.size + jnp.where(flat_target > threshold, per_sample, 0.0)
+    grad_pred = (direction * pixel_weight).reshape(pred.shape)
+    # The mask is a step function of the threshold: its derivative is 0 where it exists.
+    return (
+        grad_pred.astype(pred.dtype),
+        (-grad_pred).astype(target.dtype),
+        jnp.zeros_like(threshold),
+    )
+
+
+_mae_terms.defvjp(_mae_terms_fwd, _mae_terms_bwd)
+# Compiled once per shape when called eagerly; inside a caller's jit it is inlined.
+_mae_terms_jit = jax.jit(_mae_terms)
 
 
 def coarsen(field: jax.Array, factor: int) -> jax.Array:
@@ -108,8 +170,10 @@ def coarsen(field: jax.Array, factor: int) -> jax.Array:
             f"coarsen: `field` spatial shape {(height, width)} is not divisible by "
             f"`factor`={factor}."
         )
-    blocks = field.reshape(batch, height // factor, factor, width // factor, factor, *rest)
-    return jnp.mean(blocks, axis=(2, 4))
+    # Rows first, then columns: each reshape splits one axis, the only kind JAX's explicit
+    # sharding (a batch sharded over devices) accepts without an output sharding.
+    rows = jnp.mean(field.reshape(batch, height // factor, factor, width, *rest), axis=2)
+    return jnp.mean(rows.reshape(batch, height // factor, width // factor, factor, *rest), axis=3)
 
 
 def mass_conservation(pred: jax.Array, coarse_target: jax.Array, *, factor: int) -> jax.Array:

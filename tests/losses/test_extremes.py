@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -138,3 +139,116 @@ def test_mass_conservation_zero_for_conserving_field_and_positive_otherwise(rng)
     np.testing.assert_allclose(shifted, np.full(3, 0.3), rtol=1e-5)
     with pytest.raises(ValueError, match=r"`coarsen\(pred, factor\)` has shape"):
         losses.mass_conservation(conserving, coarse[:, :1], factor=4)
+
+
+# ----------------------------------------------------------------------------- the fast kernel
+# extreme_mae / extreme_weighted_mae are a one-pass per-sample reduction with an analytic
+# custom_vjp; these tests hold them to float64 NumPy and to plain-jnp autodiff.
+
+
+def _weighted_mae64(pred, target, threshold, lambda_base, lambda_ext):
+    """Float64 value and gradient w.r.t. pred, derived by hand (ties: d|e|/de = +1 at 0)."""
+    p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    batch = len(p)
+    error = (p - t).reshape(batch, -1)
+    extreme = t.reshape(batch, -1) > threshold
+    counts = extreme.sum(axis=1)
+    has = counts > 0
+    weights = np.where(has, 1.0 / (np.maximum(counts, 1) * max(has.sum(), 1)), 0.0)
+    value = lambda_base * np.abs(error).mean() + lambda_ext * np.sum(
+        weights * np.where(extreme, np.abs(error), 0.0).sum(axis=1)
+    )
+    pixel = lambda_base / error.size + lambda_ext * np.where(extreme, weights[:, None], 0.0)
+    return value, (np.where(error >= 0, 1.0, -1.0) * pixel).reshape(p.shape)
+
+
+def _naive_weighted_mae(pred, target, threshold, lambda_base, lambda_ext):
+    """The pre-kernel jnp formulas, differentiated by JAX."""
+    axes = tuple(range(1, pred.ndim))
+    extreme = target > threshold
+    counts = jnp.sum(extreme, axis=axes)
+    sums = jnp.sum(jnp.where(extreme, jnp.abs(pred - target), 0.0), axis=axes)
+    has = counts > 0
+    per_sample = jnp.where(has, sums / jnp.maximum(counts, 1), 0.0)
+    ext = jnp.sum(per_sample) / jnp.maximum(jnp.sum(has), 1)
+    return lambda_base * jnp.mean(jnp.abs(pred - target)) + lambda_ext * ext
+
+
+def _rain(rng, shape):
+    """Rain-like fields: rare extremes above THRESHOLD, every third sample has none."""
+    target = rng.gamma(0.6, 2.0, size=shape).astype(np.float32)
+    target[::3] = np.minimum(target[::3], THRESHOLD - 1)
+    pred = (target + rng.normal(0, 1.0, size=shape)).astype(np.float32)
+    return pred, target
+
+
+_weighted_and_grad = jax.jit(
+    jax.value_and_grad(
+        lambda p, t: losses.extreme_weighted_mae(
+            p, t, threshold=THRESHOLD, lambda_base=1.0, lambda_ext=5.0
+        )
+    )
+)
+
+
+def test_extreme_weighted_mae_matches_float64_at_a_million_pixels(rng):
+    # 16 fields of 256 x 257: 64 full blocks of the one-pass sum and a ragged tail per field.
+    pred, target = _rain(rng, (16, 256, 257))
+    value, grad = _weighted_and_grad(pred, target)
+    ref_value, ref_grad = _weighted_mae64(pred, target, THRESHOLD, 1.0, 5.0)
+    assert float(value) == pytest.approx(ref_value, rel=1e-5)
+    error = np.max(np.abs(np.asarray(grad, np.float64) - ref_grad)) / np.max(np.abs(ref_grad))
+    assert error < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4), (6, 2, 1100)])
+def test_extreme_gradients_match_plain_jnp_autodiff(rng, shape):
+    """Pred, target and both weights, with ties (pred == target) and extreme-free samples."""
+    pred, target = _rain(rng, shape)
+    target[1, 0, :2] = [12.0, 30.0]
+    pred.reshape(-1)[::7] = target.reshape(-1)[::7]  # ties: d|e|/de must be +1 as in jnp.abs
+    args = (pred, target, THRESHOLD, 1.0, 5.0)
+    fast = lambda p, t, lb, le: losses.extreme_weighted_mae(
+        p, t, threshold=THRESHOLD, lambda_base=lb, lambda_ext=le
+    )
+    naive = lambda p, t, lb, le: _naive_weighted_mae(p, t, THRESHOLD, lb, le)
+    got = jax.jit(jax.value_and_grad(fast, argnums=(0, 1, 2, 3)))(*args[:2], *args[3:])
+    expected = jax.jit(jax.value_and_grad(naive, argnums=(0, 1, 2, 3)))(*args[:2], *args[3:])
+    assert float(got[0]) == pytest.approx(float(expected[0]), rel=1e-5)
+    for g, e in zip(got[1], expected[1], strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+
+
+def test_extreme_mae_without_extremes_at_size_is_zero_with_zero_gradient(rng):
+    target = rng.uniform(0, THRESHOLD, size=(8, 128, 129)).astype(np.float32)
+    pred = rng.normal(size=target.shape).astype(np.float32)
+    value, grad = jax.value_and_grad(lambda p: losses.extreme_mae(p, target, threshold=THRESHOLD))(
+        pred
+    )
+    assert float(value) == 0.0
+    assert not np.any(np.asarray(grad))
+
+
+def test_extreme_mae_under_vmap_and_traced_threshold(fields):
+    """Per-sample values via vmap (the cVAE metric) and a threshold traced under jit."""
+    pred, target = fields
+    per_sample = jax.vmap(lambda p, t: losses.extreme_mae(p[None], t[None], threshold=THRESHOLD))(
+        pred, target
+    )
+    expected = [
+        _extreme_mae_numpy(p[None], t[None], THRESHOLD) for p, t in zip(pred, target, strict=True)
+    ]
+    np.testing.assert_allclose(per_sample, expected, rtol=1e-5)
+    traced = jax.jit(jax.value_and_grad(lambda th: losses.extreme_mae(pred, target, threshold=th)))
+    value, d_threshold = traced(jnp.float32(THRESHOLD))
+    assert float(value) == pytest.approx(_extreme_mae_numpy(pred, target, THRESHOLD), rel=1e-5)
+    assert float(d_threshold) == 0.0
+
+
+def test_extreme_weighted_mae_writes_no_full_size_temporary():
+    pred = jnp.zeros((16, 256, 257))
+    compiled = _weighted_and_grad.lower(pred, pred).compile()
+    memory = compiled.memory_analysis()
+    if memory is None:
+        pytest.skip("this backend reports no memory analysis")
+    assert memory.temp_size_in_bytes < pred.nbytes // 4
