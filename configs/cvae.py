@@ -1,0 +1,145 @@
+"""cVAE precipitation downscaling on embedded data (seed 002).
+
+The default is the seed's final setup: `lambda_base * MAE + lambda_ext * extreme MAE`
+with lambda_ext 5.0 and no batch-ratio scaling, beta 0.01 reached by a linear
+warm-up, lambda_mass 0.01, early stopping on the generated field's MAE with
+patience longer than the warm-up, lr 1e-4. Only the epoch budget is scaled to the
+CPU: 30 epochs instead of the seed's 100 (the warm-up keeps its 15, patience its 25).
+
+    python -m jaxguard.train --cfg cfgs/cvae.py
+
+Expected on 2 CPU cores: about 2 minutes (2:08 measured at load 1-3, 3:57 with other
+jobs at load 5-7); test MAE 0.63 mm/day, tail MAE 16.6 mm/day against 18.9 with
+`:no_extreme` (figures in docs/cvae.md).
+
+Variants (`--cfg configs/cvae.py:NAME`):
+  ratio_bug    the default with seed 002's `extreme_sample_ratio` scaling of the extreme term
+  no_extreme   the default with lambda_ext = 0 (the baseline the extreme term must beat)
+  before_fix   the seed's setup before its fixes: lambda_ext 10, beta 0.1 warmed up over
+               30 epochs while early stopping may fire after 20 (the warm-up warning fires),
+               lambda_mass 0.001, lr 5e-5, early stopping on the reconstruction loss
+  small        a tiny run (16 x 16 fields, 3 epochs; mostly compile time) for tests
+"""
+
+from ml_collections import config_dict
+
+from jaxguard.configs import base
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    config = base.get_config()
+    config.task = "cvae"
+    config.seed = 0
+
+    # Data: the embedded generator (jaxguard/tasks/cvae/data.py) or a user .npz file.
+    config.data = config_dict.ConfigDict()
+    config.data.source = ""  # "": embedded generator; else a .npz with x [N,H,W], y [N,h,w,C].
+    config.data.val_fraction = 0.1  # .npz only: share of samples in val (before the test block).
+    config.data.test_fraction = 0.2  # .npz only: share of samples in test (the last ones).
+    config.data.num_train = 2000  # Embedded only, like the five keys below.
+    config.data.num_val = 500
+    config.data.num_test = 2000  # Large, so the test split holds 26 heavy days.
+    config.data.fine_size = 32  # x is fine_size x fine_size pixels.
+    config.data.factor = 4  # Fine pixels per coarse cell along each axis: y is 8 x 8.
+    config.data.heavy_day_fraction = 0.013  # Seed 002: 186 of 9,928 samples held extremes.
+    config.data.heavy_peak_min = 50.0  # mm/day; every heavy-day cell peaks above it.
+    # Extreme pixels: x > extreme_threshold (mm/day), or, when extreme_quantile is set (e.g.
+    # 0.999), x above that quantile of the training pixels.
+    config.data.extreme_threshold = 50.0
+    config.data.extreme_quantile = config_dict.placeholder(float)
+    config.data.oversample_extremes = 1  # Each extreme training day k times; 1 = off.
+    config.data.augment = config_dict.ConfigDict()
+    config.data.augment.flips = False  # Random left-right / up-down flips of x and y together.
+    config.data.augment.rotations = False  # Random quarter turns (square fields).
+    config.data.augment.input_noise = 0.0  # Predictor noise std, in units of each channel's std.
+    config.data.augment.mixup_alpha = 0.0  # Beta(alpha, alpha) mixup of sample pairs; 0 = off.
+
+    # Model: conditional VAE (jaxguard/tasks/cvae/model.py).
+    config.model = config_dict.ConfigDict()
+    config.model.base_filters = 16  # The seed used 96 (152M parameters for 10k samples).
+    config.model.d_y = 64  # Width of the condition vector (seed: 384).
+    config.model.d_z = 16  # Latent dimensions (seed: 96).
+    config.model.encoder_dropout = 0.1
+    config.model.decoder_dropout = 0.1
+    config.model.prior = "conditional"  # conditional: learned p(z | y); standard: N(0, I).
+    # Posterior-collapse guard: warns when few latent units are active.
+    config.model.collapse_guard = config_dict.ConfigDict()
+    config.model.collapse_guard.enabled = True
+    config.model.collapse_guard.activity_threshold = 0.01  # Variance of posterior means (Burda).
+    config.model.collapse_guard.min_active_fraction = 0.25  # Warn below this share of d_z.
+    config.model.collapse_guard.start_epoch = 0
+    # Warn when the validation reconstruction loss changes by more than this share in an epoch.
+    config.model.volatility_warn_change = 1.0  # 0 disables.
+    # Ensemble drawn at the end of training and by `python -m jaxguard.sample`.
+    config.model.sampling = config_dict.ConfigDict()
+    config.model.sampling.num_samples = 8  # Members per predictor set.
+    config.model.sampling.num_examples = 4  # Test predictor sets in the panel.
+    config.model.sampling.seed = 0
+
+    # Loss: lambda_base * MAE + lambda_ext * extreme MAE + beta * KL + lambda_mass * mass.
+    config.loss = config_dict.ConfigDict()
+    config.loss.lambda_base = 1.0
+    config.loss.lambda_ext = 5.0  # Seed 002's final value.
+    config.loss.extreme_ratio_scaling = False  # True reproduces the seed's bug (:ratio_bug).
+    config.loss.beta = 0.01  # KL weight reached at the end of the warm-up.
+    config.loss.beta_warmup_epochs = 15.0
+    config.loss.lambda_mass = 0.01
+
+    # Optimizer.
+    config.optim.optimizer = "adamw"
+    config.optim.lr = 1e-4  # Seed 002's final value.
+    config.optim.weight_decay = 1e-4
+    config.optim.schedule = "constant"
+    config.optim.clip_norm = 1.0
+
+    # Training and evaluation.
+    config.train.epochs = 30
+    config.train.batch_size = 32
+    config.eval.batch_size = 250
+
+    # Guards: early stopping on the generated field's MAE, patience longer than the warm-up.
+    config.guard.early_stopping.monitor = "mae_all"  # or mae_tail
+    config.guard.early_stopping.mode = "min"
+    config.guard.early_stopping.patience = 25
+
+    config.log.every_steps = 20
+    config.log.diagnostics_every_steps = 200
+
+    if arg is None:
+        return config
+    if arg == "ratio_bug":
+        config.loss.extreme_ratio_scaling = True
+    elif arg == "no_extreme":
+        config.loss.lambda_ext = 0.0
+    elif arg == "before_fix":
+        config.loss.lambda_ext = 10.0
+        config.loss.beta = 0.1
+        config.loss.beta_warmup_epochs = 30.0
+        config.loss.lambda_mass = 0.001
+        config.optim.lr = 5e-5
+        config.guard.early_stopping.monitor = "rec_loss"
+        config.guard.early_stopping.patience = 20
+    elif arg == "small":
+        config.data.num_train = 96
+        config.data.num_val = 48
+        config.data.num_test = 96
+        config.data.fine_size = 16
+        config.data.heavy_day_fraction = 0.1
+        config.model.base_filters = 4
+        config.model.d_y = 8
+        config.model.d_z = 4
+        config.model.sampling.num_samples = 3
+        config.model.sampling.num_examples = 2
+        config.loss.beta_warmup_epochs = 2.0
+        config.optim.lr = 3e-3
+        config.train.epochs = 3
+        config.train.batch_size = 16
+        config.eval.batch_size = 48  # One compiled eval shape: val and test are multiples.
+        config.guard.early_stopping.patience = 3
+        config.log.every_steps = 2
+        config.log.diagnostics_every_steps = 4
+    else:
+        raise ValueError(
+            f"unknown variant {arg!r}; choose ratio_bug, no_extreme, before_fix or small"
+        )
+    return config

@@ -1,0 +1,159 @@
+"""Draw downscaled ensembles from a trained cVAE run: `python -m jaxguard.sample --run RUN_DIR`.
+
+    python -m jaxguard.sample --run runs/cvae-20250101-120000 --n 8
+    python -m jaxguard.sample --run RUN_DIR --n 16 --indices 3,17,250 --split val
+    python -m jaxguard.sample --run RUN_DIR --predictors my_days.npz --out my_samples
+
+The run's best checkpoint (else its latest) is restored with the data the run was
+trained on. For each chosen predictor set, `--n` latent draws from the prior
+`p(z | y)` are decoded into fine fields. Written to `--out` (default
+`RUN_DIR/samples`): `ensemble.npz` (`samples` `[K, n, H, W]` in mm/day, `y`, `indices`,
+`threshold` and the truth `x` when known) and `panel.png` (one row per predictor
+set: the predictor channels, the truth, the samples; extreme pixels red).
+
+Predictor sets come from a split of the run's data (`--split`, `--indices` or
+`--examples`, by default the run's `model.sampling.num_examples` with the heaviest
+days first) or from a `.npz` file with an array `y` `[K, h, w, C]` in the units of
+the training predictors (`--predictors`; an array `x` `[K, H, W]` in the same file is
+drawn as the truth). A wrong path, array or shape exits with code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from flax import nnx
+
+from jaxguard import config as config_lib
+from jaxguard import trainer
+from jaxguard.tasks.cvae import panel
+from jaxguard.tasks.cvae import task as cvae_task
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxguard.sample",
+        description="Draw an ensemble of downscaled fields from a trained cVAE run.",
+    )
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="A finished cvae run.")
+    parser.add_argument(
+        "--n",
+        type=int,
+        metavar="N",
+        help="Samples per predictor set (default: the run's model.sampling.num_samples).",
+    )
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--indices", metavar="I,J,...", help="Rows of the split to downscale.")
+    choice.add_argument(
+        "--examples",
+        type=int,
+        metavar="K",
+        help="How many rows (heaviest days first; default: the run's model.sampling.num_examples).",
+    )
+    choice.add_argument("--predictors", metavar="FILE.npz", help="Predictors `y` [K, h, w, C].")
+    parser.add_argument(
+        "--seed", type=int, help="Seed of the latent draws (default: model.sampling.seed)."
+    )
+    parser.add_argument("--out", metavar="DIR", help="Output folder (default RUN_DIR/samples).")
+    return parser.parse_args(argv)
+
+
+def _read_predictors(path: str, model) -> tuple[np.ndarray, np.ndarray | None]:
+    """`y` (and `x` when present) from a user file, checked against the model's shapes."""
+    if not os.path.isfile(path):
+        raise config_lib.ConfigError(f"--predictors {path}: no such file")
+    with np.load(path, allow_pickle=False) as archive:
+        if "y" not in archive.files:
+            raise config_lib.ConfigError(
+                f"--predictors {path}: array 'y' is missing (the file has "
+                f"{', '.join(archive.files) or 'no arrays'})"
+            )
+        y = archive["y"].astype(np.float32)
+        x = archive["x"].astype(np.float32) if "x" in archive.files else None
+    expected = tuple(model.coarse_shape)
+    if y.ndim != 4 or y.shape[1:] != expected or len(y) == 0:
+        raise config_lib.ConfigError(
+            f"--predictors {path}: array 'y' has shape {y.shape}; this run expects "
+            f"[K, {', '.join(map(str, expected))}]"
+        )
+    if not np.isfinite(y).all():
+        raise config_lib.ConfigError(f"--predictors {path}: array 'y' holds NaN or infinite values")
+    if x is not None and x.shape != (len(y), *model.fine_shape):
+        raise config_lib.ConfigError(
+            f"--predictors {path}: array 'x' has shape {x.shape}; expected "
+            f"[{len(y)}, {', '.join(map(str, model.fine_shape))}] to match y"
+        )
+    return y, x
+
+
+def _split_indices(args, split, sampling) -> np.ndarray:
+    size = len(split["x"])
+    if args.indices:
+        try:
+            indices = np.array([int(i) for i in args.indices.split(",")], int)
+        except ValueError:
+            raise config_lib.ConfigError(
+                f"--indices {args.indices}: expected comma-separated integers"
+            ) from None
+        bad = [int(i) for i in indices if not 0 <= i < size]
+        if bad:
+            raise config_lib.ConfigError(
+                f"--indices: {bad[0]} is outside the {args.split} split (0 to {size - 1})"
+            )
+        return indices
+    count = sampling.num_examples if args.examples is None else args.examples
+    if count < 1:
+        raise config_lib.ConfigError(f"--examples must be >= 1, got {count}")
+    return panel.panel_examples(split, count, sampling.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    config, model, splits = trainer.restore_model(args.run)
+    if config.task != "cvae":
+        raise config_lib.ConfigError(
+            f"--run {args.run}: a {config.task!r} run; jaxguard.sample draws from cvae runs"
+        )
+    sampling = config.model.sampling
+    num_samples = sampling.num_samples if args.n is None else args.n
+    if num_samples < 1:
+        raise config_lib.ConfigError(f"--n must be >= 1, got {num_samples}")
+    if args.predictors:
+        predictors, truth = _read_predictors(args.predictors, model)
+        indices = np.arange(len(predictors))
+    else:
+        split = splits[args.split]
+        indices = _split_indices(args, split, sampling)
+        predictors, truth = split["y"][indices], split["x"][indices]
+
+    generate = nnx.jit(lambda model, y, noise: model.generate(y, noise))
+    samples = panel.draw_ensemble(
+        lambda y, noise: generate(model, y, noise),
+        predictors,
+        num_samples=num_samples,
+        d_z=config.model.d_z,
+        seed=sampling.seed if args.seed is None else args.seed,
+    )
+    png_path, npz_path = panel.write_ensemble(
+        args.out or os.path.join(args.run, "samples"),
+        predictors=predictors,
+        truth=truth,
+        samples=samples,
+        indices=indices,
+        threshold=cvae_task.extreme_threshold(config),
+    )
+    description = panel.panel_description(
+        indices, predictors.shape[-1], truth is not None, num_samples
+    )
+    print(f"sample panel: {png_path} ({description})")
+    print(f"samples: {npz_path}")
+    return png_path, npz_path
+
+
+if __name__ == "__main__":
+    config_lib.exit_on_config_error(main)

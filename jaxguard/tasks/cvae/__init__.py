@@ -1,0 +1,1 @@
+"""cVAE precipitation downscaling (seed 002)."""
