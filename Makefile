@@ -16,7 +16,7 @@ $(BIN)/activate: pyproject.toml
 setup: $(BIN)/activate
 
 run: setup
-	$(BIN)/python -m jaxguard.train --cfg configs/optical_depth.py
+	$(BIN)/python -m jaxguard.train --cfg cfgs/cvae.py
 
 test: setup
 	$(BIN)/ruff check jaxguard tests benchmarks configs

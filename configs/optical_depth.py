@@ -118,6 +118,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.model.attention_scales = (1, 3)
         config.optim.lr = 1e-2
         config.train.epochs = 4
+        config.guard.early_stopping.start_epoch = 0
         config.train.batch_size = 16
         config.eval.batch_size = 32
         config.log.every_steps = 4

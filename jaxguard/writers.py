@@ -18,6 +18,9 @@ from typing import TextIO
 
 import numpy as np
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
+
+from jaxguard.png import encode_png
 
 
 class TensorBoardWriter:
@@ -40,9 +43,18 @@ class TensorBoardWriter:
                 self._writer.add_histogram(key, finite, global_step=step, bins=self._bins)
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-        """`images[key]` is `[H, W, 3]` uint8 or float in [0, 1]."""
+        """`images[key]` is an `[H, W, C]` uint8 image, C in {1, 3, 4}."""
         for key, image in images.items():
-            self._writer.add_image(key, np.asarray(image), global_step=step, dataformats="HWC")
+            # Encoded here: tensorboardX's add_image needs PIL, which jaxguard does not depend on.
+            height, width, channels = np.shape(image)
+            encoded = Summary.Image(
+                height=height,
+                width=width,
+                colorspace=channels,
+                encoded_image_string=encode_png(image),
+            )
+            summary = Summary(value=[Summary.Value(tag=key, image=encoded)])
+            self._writer._get_file_writer().add_summary(summary, global_step=step)
 
     def write_hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, float]) -> None:
         plain = {

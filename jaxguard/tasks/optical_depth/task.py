@@ -224,3 +224,56 @@ def pretrain(config: ConfigDict, model: OpticalDepthRegressor, splits, log) -> d
         "best_epoch": stopper.best_epoch,
         "best_val_mse": stopper.best_value,
     }
+
+
+def audit(config: ConfigDict, splits) -> dict:
+    """Target distribution per split, and the loss weight high targets get (`jaxguard.audit`).
+
+    Returns:
+      `{split: figures, ..., "recommendations": [lines]}`. Figures: `count`, `mean`, `std`
+      and `skew` (population moments, ddof 0, as `scipy.stats.skew`), `min`, quantiles
+      `q05` `q25` `median` `q75` `q95`, `max`, `above_threshold` (fraction of targets above
+      `loss.overweight_threshold`) and `at_ceiling` (fraction at the generator's clip value
+      `data.TARGET_MAX`).
+    """
+    threshold, factor = config.loss.overweight_threshold, config.loss.overweight_factor
+    result: dict = {}
+    for name, split in splits.items():
+        target = np.asarray(split["target"], np.float64)
+        centred = target - target.mean()
+        std = float(np.sqrt(np.mean(centred**2)))
+        # A constant target has no skew: 0/0 is reported as NaN, not raised.
+        skew = float(np.mean(centred**3) / std**3) if std > 0 else float("nan")
+        q05, q25, median, q75, q95 = np.quantile(target, [0.05, 0.25, 0.5, 0.75, 0.95])
+        result[name] = {
+            "count": int(target.size),
+            "mean": float(target.mean()),
+            "std": std,
+            "skew": skew,
+            "min": float(target.min()),
+            "q05": float(q05),
+            "q25": float(q25),
+            "median": float(median),
+            "q75": float(q75),
+            "q95": float(q95),
+            "max": float(target.max()),
+            "above_threshold": float(np.mean(target > threshold)),
+            "at_ceiling": float(np.mean(target >= data_lib.TARGET_MAX)),
+        }
+    train = result["train"]
+    high = train["above_threshold"]
+    share = factor * high / (factor * high + 1.0 - high) if high > 0 else 0.0
+    advice = [
+        f"train: {high:.1%} of targets lie above loss.overweight_threshold={threshold:g}; with "
+        f"loss.overweight_factor={factor:g} they carry {share:.1%} of the base loss weight"
+        + (
+            f" (a factor of {(1.0 - high) / high:.3g} would give them half)"
+            if 0 < high < 1
+            else ""
+        ),
+        f"train: skew {train['skew']:.2f}, mean {train['mean']:.3f} vs median "
+        f"{train['median']:.3f}; {train['at_ceiling']:.1%} of targets sit at the clip value "
+        f"{data_lib.TARGET_MAX:g}",
+    ]
+    result["recommendations"] = advice
+    return result

@@ -1,0 +1,1 @@
+"""Sequential object pointing (seed 004)."""

@@ -1,0 +1,99 @@
+"""End-to-end runs of the pointer task with the `small` variant."""
+
+import io
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+
+from jaxguard import config as config_lib
+from jaxguard import trainer
+from jaxguard.tasks.pointer import coords, png, render, task
+from jaxguard.writers import Console
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+SMALL = os.path.join(ROOT, "configs", "pointer.py:small")
+METRIC_KEYS = ("pixel_error_mean", "pixel_error_median", "pixel_error_p90", "done_precision",
+               "done_recall", "done_f1", "done_prob_std")
+
+
+def _events(workdir):
+    """Every summary value in the run's TensorBoard files (TFRecord framing, no TensorBoard)."""
+    folder = os.path.join(workdir, "tensorboard")
+    values = []
+    for name in sorted(n for n in os.listdir(folder) if n.startswith("events.out.tfevents")):
+        data = open(os.path.join(folder, name), "rb").read()
+        position = 0
+        while position < len(data):
+            (length,) = struct.unpack("<Q", data[position : position + 8])
+            event = event_pb2.Event.FromString(data[position + 12 : position + 12 + length])
+            position += 16 + length  # length, its CRC, the record, its CRC
+            values.extend((event.step, value) for value in event.summary.value)
+    return values
+
+
+@pytest.fixture(scope="session")
+def pointer_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run") / "pointer")
+    config = config_lib.load_config(SMALL)
+    stream = io.StringIO()
+    summary = trainer.train_and_evaluate(config, workdir, console=Console(stream, progress=False))
+    return config, workdir, summary, stream.getvalue()
+
+
+def test_run_reports_the_pointing_metrics(pointer_run):
+    config, workdir, summary, console = pointer_run
+    assert set(METRIC_KEYS) <= set(summary["test"])
+    table = np.genfromtxt(os.path.join(workdir, "predictions.csv"), delimiter=",", names=True)
+    assert len(table) == config.data.num_test
+    pointing = table["done_true"] == 0
+    # The written pixel errors are the predictions' distance to the targets in 64 px images.
+    pred = np.stack([table["pred_x"], table["pred_y"]], 1)
+    true = np.stack([table["true_x"], table["true_y"]], 1)
+    np.testing.assert_allclose(
+        table["pixel_error"][pointing], coords.pixel_error(pred, true, (64, 64))[pointing],
+        rtol=1e-4,
+    )
+    assert summary["test"]["pixel_error_mean"] == pytest.approx(
+        table["pixel_error"][pointing].mean(), rel=1e-3
+    )
+    report = open(os.path.join(workdir, "report.txt")).read()
+    assert f"median {summary['test']['pixel_error_median']:.2f}" in report
+    assert "distance threshold 0.1 normalised (of the longer side) = 6.4 px" in console
+    assert "epoch 0 head gradient norms: x_head median" in console
+
+
+def test_tensorboard_holds_head_gradients_and_drawn_examples(pointer_run):
+    config, workdir, _, _ = pointer_run
+    values = _events(workdir)
+    tags = {value.tag for _, value in values}
+    assert {"train/grad_norm/x_head", "train/grad_norm/y_head", "train/grad_norm/done_head"} <= tags
+    images = [(step, v) for step, v in values if v.tag.startswith("val_examples/")]
+    assert len(images) == min(task.NUM_IMAGES, config.data.num_val) * config.train.epochs
+    first = images[0][1].image
+    path = os.path.join(workdir, "example.png")
+    with open(path, "wb") as f:
+        f.write(first.encoded_image_string)
+    pixels = png.read_png(path)
+    assert pixels.shape == (64 + render.caption_height(), 64, 3)
+    assert (first.height, first.width, first.colorspace) == (pixels.shape[0], 64, 3)
+    assert np.any(np.all(pixels == render.RED, -1))
+
+
+def test_done_guard_warns_in_a_run_whose_done_head_never_learns(tmp_path):
+    # No done loss and a zero head: every done probability is exactly 0.5, never above it.
+    overrides = ["loss.done_weight=0", "model.head_init_std=0", "model.done_guard_patience=2",
+                 "train.epochs=2"]
+    config = config_lib.load_config(SMALL, overrides)
+    stream = io.StringIO()
+    summary = trainer.train_and_evaluate(
+        config, str(tmp_path / "p"), console=Console(stream, progress=False)
+    )
+    lines = [line for line in stream.getvalue().splitlines() if "done never predicted" in line]
+    assert len(lines) == 1 and lines[0].startswith("warn: done never predicted: for 2 evaluations")
+    assert summary["test"]["done_recall"] == 0.0
+    saved = json.load(open(tmp_path / "p" / "test_metrics.json"))
+    assert saved["test"]["done_prob_max_positive"] == pytest.approx(0.5)

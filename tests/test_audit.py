@@ -1,0 +1,78 @@
+"""`python -m jaxguard.audit`: the hook protocol, its report, and the optical-depth audit."""
+
+import os
+import types
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from jaxguard import audit
+from jaxguard import config as config_lib
+from jaxguard.tasks.optical_depth import task as optical_depth
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_format_report_prints_figures_and_line_sections():
+    lines = audit.format_report(
+        {"train": {"done": 3, "rate": 0.0312345, "note": "ok"}, "advice": ["a", "b"]}
+    )
+    assert lines == ["train: done=3, rate=0.03123, note=ok", "advice:", "  a", "  b"]
+    assert audit.format_report(["plain line"]) == ["plain line"]
+
+
+def test_a_task_without_the_hook_is_named(monkeypatch):
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "pointer.py:small"))
+    bare = types.SimpleNamespace(__name__="jaxguard.tasks.bare", make_splits=None)
+    monkeypatch.setattr(audit.tasks, "get_task", lambda name: bare)
+    with pytest.raises(config_lib.ConfigError, match="task pointer has no audit"):
+        audit.run_audit(config)
+
+
+def test_cli_prints_the_pointer_done_balance(capsys):
+    spec = os.path.join(ROOT, "configs", "pointer.py:small")
+    lines = audit.main(["--cfg", spec, "--cfg.data.num_val=40"])
+    out = capsys.readouterr().out
+    assert out.splitlines() == lines and lines[0].startswith("audit of pointer")
+    train = next(line for line in lines if line.startswith("train: "))
+    val = next(line for line in lines if line.startswith("val: "))
+    # The small variant: 96 train and 40 val examples, a quarter of them done.
+    assert "examples=96" in train and "done=24" in train and "balancing_pos_weight=3" in train
+    assert "examples=40" in val and "done=10" in val
+    assert any("pos_weight = (1 - rate) / rate = 3" in line for line in lines)
+
+
+def test_cli_typo_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        config_lib.exit_on_config_error(
+            audit.main, ["--cfg", "configs/pointer.py:small", "--cfg.loss.pos_wieght=2"]
+        )
+    assert info.value.code == 2 and "loss.pos_wieght" in capsys.readouterr().err
+
+
+def test_optical_depth_audit_matches_numpy_and_scipy():
+    config = config_lib.load_config(
+        os.path.join(ROOT, "configs", "optical_depth.py:small"),
+        ["loss.overweight_threshold=1.0", "loss.overweight_factor=3.0"],
+    )
+    targets = {
+        "train": np.array([0.2, 0.5, 0.9, 1.1, 1.5, 1.95, 1.95, 0.4], np.float32),
+        "val": np.array([0.3, 0.3, 0.3], np.float32),
+        "test": np.array([1.2, 0.8], np.float32),
+    }
+    result = optical_depth.audit(config, {k: {"target": v} for k, v in targets.items()})
+    train = np.asarray(targets["train"], np.float64)
+    figures = result["train"]
+    assert figures["count"] == 8
+    assert figures["mean"] == pytest.approx(train.mean())
+    assert figures["std"] == pytest.approx(train.std())
+    assert figures["skew"] == pytest.approx(scipy.stats.skew(train))
+    assert figures["q25"] == pytest.approx(np.quantile(train, 0.25))
+    assert figures["q95"] == pytest.approx(np.quantile(train, 0.95))
+    assert figures["above_threshold"] == 0.5 and figures["at_ceiling"] == 0.25
+    assert np.isnan(result["val"]["skew"]) and result["val"]["std"] == 0.0
+    advice = result["recommendations"][0]
+    # Four high targets weighted 3 against four weighted 1: 75% of the weight.
+    assert "50.0% of targets lie above loss.overweight_threshold=1" in advice
+    assert "they carry 75.0% of the base loss weight" in advice
