@@ -39,7 +39,20 @@ def distance_hinge(
     Returns:
       `[batch]`.
     """
-    fn = "distance_hinge"
+    squared, distance, far = split_distance("distance_hinge", pred, target, threshold, norm)
+    # Branch on `far`, not on `distance`: sqrt(tau**2) may round to just above tau.
+    return jnp.where(far, 2.0 * threshold * distance - threshold**2, squared)
+
+
+def split_distance(
+    fn: str, pred: jax.Array, target: jax.Array, threshold: float, norm: str, *, inclusive=False
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Checked `(d**2, d, far)` of point pairs for threshold losses, each `[batch]`.
+
+    `far` is `d > threshold` (`d >= threshold` when `inclusive`); `d` is exact where
+    `far` and clamped to the threshold elsewhere, so its gradient stays finite at an
+    exact hit. `fn` names the caller in error messages.
+    """
     _checks.check_floating(fn, pred=pred, target=target)
     _checks.check_same_shape(fn, pred=pred, target=target)
     _checks.check_rank(fn, "pred", pred, 2)
@@ -48,15 +61,12 @@ def distance_hinge(
     if norm not in _NORMS:
         raise ValueError(f"{fn}: `norm` must be one of {_NORMS}, got {norm!r}.")
     delta = pred - target
+    beyond = jnp.greater_equal if inclusive else jnp.greater
     if norm == "l1":
         distance = jnp.sum(jnp.abs(delta), axis=-1)
-        squared = distance**2
-        far = distance > threshold
-    else:
-        squared = jnp.sum(delta**2, axis=-1)
-        # sqrt only where d > tau > 0: sqrt'(0) is infinite and would give NaN gradients
-        # for an exact hit, which lies in the quadratic branch anyway.
-        far = squared > threshold**2
-        distance = jnp.sqrt(jnp.where(far, squared, threshold**2))
-    # Branch on `far`, not on `distance`: sqrt(tau**2) may round to just above tau.
-    return jnp.where(far, 2.0 * threshold * distance - threshold**2, squared)
+        return distance**2, distance, beyond(distance, threshold)
+    squared = jnp.sum(delta**2, axis=-1)
+    # sqrt only where d > tau > 0: sqrt'(0) is infinite and would give NaN gradients
+    # for an exact hit, which lies in the quadratic branch anyway.
+    far = beyond(squared, threshold**2)
+    return squared, jnp.sqrt(jnp.where(far, squared, threshold**2)), far

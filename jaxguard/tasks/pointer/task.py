@@ -33,9 +33,10 @@ import numpy as np
 from flax import nnx, struct
 from ml_collections import ConfigDict
 
-from jaxguard import _checks, losses
 from jaxguard import config as config_lib
+from jaxguard import losses
 from jaxguard.guards import GuardEvent
+from jaxguard.losses._pointing import split_distance
 from jaxguard.metrics import PointingMetrics
 from jaxguard.metrics._pointing import DONE_THRESHOLD
 from jaxguard.tasks.pointer import coords, render
@@ -84,24 +85,9 @@ def seed_discontinuous_hinge(
     Returns:
       `[batch]` per-example values; the caller reduces.
     """
-    fn = "seed_discontinuous_hinge"
-    _checks.check_floating(fn, pred=pred, target=target)
-    _checks.check_same_shape(fn, pred=pred, target=target)
-    _checks.check_rank(fn, "pred", pred, 2)
-    _checks.check_last_dim(fn, "pred", pred, 2)
-    _checks.check_positive(fn, "threshold", threshold)
-    if norm not in _NORMS:
-        raise ValueError(f"{fn}: `norm` must be one of {_NORMS}, got {norm!r}.")
-    delta = pred - target
-    if norm == "l1":
-        distance = jnp.sum(jnp.abs(delta), axis=-1)
-        squared = distance**2
-        far = distance >= threshold
-    else:
-        squared = jnp.sum(delta**2, axis=-1)
-        far = squared >= threshold**2
-        # sqrt only on the far branch: its derivative is infinite at an exact hit (d = 0).
-        distance = jnp.sqrt(jnp.where(far, squared, threshold**2))
+    squared, distance, far = split_distance(
+        "seed_discontinuous_hinge", pred, target, threshold, norm, inclusive=True
+    )
     return jnp.where(far, threshold * distance + threshold**2, squared)
 
 
