@@ -25,12 +25,22 @@ Every volume is normalised to zero mean and unit variance (the same is done to u
 volumes). The splits are drawn from independent child streams of the seed, so the test
 volumes do not change with the number of training volumes.
 
-User volumes (`load_volumes`): `data.source` names an `.npz` file holding arrays `volume`
-and `mask`, each `[D, H, W]` or a stack `[N, D, H, W]`, or a folder with `volumes/` and
-`masks/` subfolders of `.npy` (or single-array `.npz`) files with matching names. Masks
-must be binary (0/1 or bool). zarr stores and TIFF stacks are not supported yet (neither
-zarr nor tifffile is a dependency); pointing `data.source` at one fails with a message
-saying how to convert it.
+User volumes (`load_volumes`), all read whole into memory as NumPy arrays (a training set
+of a few cropped volumes; nothing is streamed). `data.source` names one of:
+
+  * an `.npz` file or a zarr group (a `.zarr` store) holding arrays `volume` and `mask`,
+    each `[D, H, W]` or a stack `[N, D, H, W]`;
+  * a folder with `volumes/` and `masks/` subfolders whose entries pair by name without
+    the suffix (`volumes/a.tif` with `masks/a.npy` is fine), taken in name order. An entry
+    is a `.npy` file, a single-array `.npz` file, a multi-page `.tif`/`.tiff` stack
+    (pages = D), a `.zarr` store holding one array, or a sub-folder of 2-D TIFF slices
+    (`volumes/scroll1/0000.tif, 0001.tif, ...`) stacked in name order, digit runs compared
+    as numbers.
+
+Masks must be binary (0/1 or bool). TIFF and zarr need the optional `io` extra
+(`pip install 'jaxguard[io]'`: tifffile, zarr >= 3), imported only when such a file is read.
+Every problem with the files (missing, unreadable, a missing array, mismatched shapes, a
+non-binary mask) is a one-line ConfigError that starts with `data.source:` and the path.
 
 Patches (`sample_patches`, `tile_volume`): training patches are cubes of `patch_size`
 centred, with probability `foreground_prob`, on a random papyrus voxel and otherwise on a
@@ -39,7 +49,9 @@ random air voxel; evaluation patches tile the held-out volumes without overlap.
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,11 +68,6 @@ _FILL_CORRELATION = 1 / 8
 _BIAS_CORRELATION = 1 / 3
 # Fibre texture: elongated along axis 0 (the scroll axis), short across it, in voxels.
 _FIBRE_CORRELATION = (4.0, 0.7, 0.7)
-_UNSUPPORTED = {
-    ".zarr": "zarr stores",
-    ".tif": "TIFF stacks",
-    ".tiff": "TIFF stacks",
-}
 
 
 def _smooth_field(rng: np.random.Generator, shape, correlation) -> np.ndarray:
@@ -164,37 +171,285 @@ def generate_volumes(data, seed: int) -> dict[str, list[tuple[np.ndarray, np.nda
 
 # ----------------------------------------------------------------------------- user files
 
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")  # zarr format 3, format 2 group, array
+_ENTRY_KINDS = ".npy, .npz, multi-page .tif/.tiff, .zarr, or a folder of 2-D .tif slices"
 
-def _refuse_unsupported(path: str) -> None:
-    suffix = os.path.splitext(path.rstrip(os.sep))[1].lower()
-    if suffix in _UNSUPPORTED:
+
+def _suffix(path: str) -> str:
+    return os.path.splitext(path.rstrip(os.sep))[1].lower()
+
+
+def _is_zarr(path: str) -> bool:
+    """Whether `path` is a zarr store on disk: a `.zarr` folder or one with zarr metadata."""
+    if not os.path.isdir(path):
+        return False
+    return _suffix(path) == ".zarr" or any(
+        os.path.exists(os.path.join(path, marker)) for marker in _ZARR_MARKERS
+    )
+
+
+def _natural_key(name: str) -> list:
+    """Sort key comparing the digit runs of `name` as numbers: `2.tif` before `10.tif`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _unreadable(path: str, what: str, error: BaseException) -> ConfigError:
+    return ConfigError(f"data.source: {path}: not a readable {what} ({_one_line(error)})")
+
+
+def _require(module: str, path: str, what: str):
+    """The optional `module` (tifffile or zarr), imported now, or a ConfigError on how to add it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
         raise ConfigError(
-            f"data.source: {path}: {_UNSUPPORTED[suffix]} are not supported yet (zarr and "
-            "tifffile are not installed); convert the volume and its mask to .npy or .npz"
-        )
+            f"data.source: {path}: reading {what} needs the {module} package, which is not "
+            "installed; pip install 'jaxguard[io]'"
+        ) from error
 
 
-def _read_array(path: str, key: str | None = None) -> np.ndarray:
-    """The array in a `.npy` file, or the one named `key` (or the only one) in an `.npz`."""
-    _refuse_unsupported(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"data.source: file {path} not found")
-    if path.endswith(".npy"):
+def _read_npy(path: str) -> np.ndarray:
+    """The array in a `.npy` file."""
+    try:
         return np.load(path, allow_pickle=False)
-    if not path.endswith(".npz"):
-        raise ConfigError(f"data.source: {path} is not a .npy or .npz file")
-    with np.load(path, allow_pickle=False) as archive:
-        names = list(archive.files)
-        if key is None:
-            if len(names) != 1:
-                raise ConfigError(
-                    f"data.source: {path} holds {len(names)} arrays {names}; a file in volumes/ "
-                    "or masks/ must hold exactly one"
-                )
-            key = names[0]
-        if key not in names:
-            raise ConfigError(f"data.source: {path} has no array {key!r} (it has {names})")
-        return archive[key]
+    except Exception as error:  # numpy raises ValueError, OSError, EOFError, ... on bad files
+        raise _unreadable(path, ".npy file", error) from error
+
+
+def _read_npz(path: str, key: str | None = None) -> np.ndarray:
+    """The array named `key` in an `.npz` file, or its only array when `key` is None."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            if key is None and len(names) == 1:
+                key = names[0]
+            if key in names:
+                return archive[key]
+    except Exception as error:  # zipfile.BadZipFile, ValueError, OSError, ...
+        raise _unreadable(path, ".npz file", error) from error
+    if key is None:
+        raise ConfigError(
+            f"data.source: {path}: holds {len(names)} arrays {names}; a file in volumes/ or "
+            "masks/ must hold exactly one"
+        )
+    raise ConfigError(f"data.source: {path}: has no array {key!r} (it has {names})")
+
+
+def _read_tiff(path: str) -> np.ndarray:
+    """The image in a TIFF file: `[D, H, W]` for a multi-page stack, `[H, W]` for one page.
+
+    A file whose pages differ in shape (several TIFF series) is refused rather than read in
+    part.
+    """
+    tifffile = _require("tifffile", path, "TIFF files")
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            shapes = [tuple(series.shape) for series in tiff.series]
+            if len(shapes) == 1:
+                return tiff.series[0].asarray()
+    except Exception as error:  # tifffile.TiffFileError (a ValueError), OSError, ...
+        raise _unreadable(path, "TIFF file", error) from error
+    raise ConfigError(
+        f"data.source: {path}: holds {len(shapes)} image series of shapes {shapes}; a volume "
+        "TIFF must be one stack of equally shaped pages"
+    )
+
+
+def _read_tiff_volume(path: str) -> np.ndarray:
+    """A multi-page TIFF stack as a `[D, H, W]` volume (pages = D)."""
+    volume = _read_tiff(path)
+    if volume.ndim != 3:
+        raise ConfigError(
+            f"data.source: {path}: TIFF image has shape {volume.shape}; a volume TIFF must be a "
+            "multi-page stack [D, H, W] (or put 2-D slices in a folder, one file per slice)"
+        )
+    return volume
+
+
+def _read_tiff_slices(folder: str) -> np.ndarray:
+    """The 2-D `.tif`/`.tiff` slices in `folder`, stacked in name order into `[D, H, W]`.
+
+    Digit runs in the names compare as numbers (`2.tif` before `10.tif`), so zero-padded and
+    unpadded slice numbers both stack in order. Other files in the folder are ignored.
+    """
+    names = sorted(
+        (n for n in os.listdir(folder) if _suffix(n) in _TIFF_SUFFIXES and not n.startswith(".")),
+        key=_natural_key,
+    )
+    if not names:
+        raise ConfigError(
+            f"data.source: {folder}: folder holds no .tif/.tiff slices; a folder in volumes/ or "
+            "masks/ must be a stack of 2-D TIFF slices"
+        )
+    slices, first = [], None
+    for name in names:
+        path = os.path.join(folder, name)
+        image = _read_tiff(path)
+        if image.ndim != 2:
+            raise ConfigError(
+                f"data.source: {path}: slice has shape {image.shape}; the files in a slice "
+                "folder must be 2-D images"
+            )
+        if first is None:
+            first = (path, image.shape)
+        elif image.shape != first[1]:
+            raise ConfigError(
+                f"data.source: {path}: slice has shape {image.shape} but {first[0]} has shape "
+                f"{first[1]}; all slices of a volume must have the same shape"
+            )
+        slices.append(image)
+    return np.stack(slices)
+
+
+def _open_zarr(path: str):
+    """`(zarr module, the array or group stored at path)`, opened read-only."""
+    zarr = _require("zarr", path, "zarr stores")
+    try:
+        return zarr, zarr.open(store=path, mode="r")
+    except Exception as error:  # zarr raises ValueError subclasses, JSONDecodeError, OSError
+        raise _unreadable(path, "zarr store", error) from error
+
+
+def _zarr_members(path: str, group) -> tuple[list[str], list[str]]:
+    """The names of the arrays of a zarr group and all its members (sub-groups with a '/')."""
+    try:
+        arrays = sorted(group.array_keys())
+        groups = sorted(group.group_keys())
+    except Exception as error:
+        raise _unreadable(path, "zarr store", error) from error
+    return arrays, sorted(arrays + [name + "/" for name in groups])
+
+
+def _zarr_to_numpy(path: str, group, key: str | None = None) -> np.ndarray:
+    """All of a zarr array (`group[key]`, or `group` itself when `key` is None) as NumPy."""
+    where = path if key is None else f"{path}/{key}"
+    try:
+        return np.asarray((group if key is None else group[key])[...])
+    except Exception as error:  # e.g. RuntimeError from a codec on a corrupt chunk
+        raise _unreadable(where, "zarr array", error) from error
+
+
+def _read_zarr_array(path: str) -> np.ndarray:
+    """The array in a zarr store: an array store, or a group holding exactly one array."""
+    zarr, node = _open_zarr(path)
+    if isinstance(node, zarr.Array):
+        return _zarr_to_numpy(path, node)
+    arrays, members = _zarr_members(path, node)
+    if len(arrays) != 1:
+        raise ConfigError(
+            f"data.source: {path}: zarr group holds {len(arrays)} arrays {members}; a store in "
+            "volumes/ or masks/ must hold exactly one"
+        )
+    return _zarr_to_numpy(path, node, arrays[0])
+
+
+def _read_zarr_group(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays `volume` and `mask` of a zarr group, read whole into NumPy."""
+    zarr, node = _open_zarr(path)
+    if not isinstance(node, zarr.Group):
+        raise ConfigError(
+            f"data.source: {path}: is a zarr array, not a group; data.source needs a group "
+            "with arrays 'volume' and 'mask' (or a folder with volumes/ and masks/)"
+        )
+    arrays, members = _zarr_members(path, node)
+    for key in ("volume", "mask"):
+        if key not in arrays:
+            raise ConfigError(f"data.source: {path}: has no array {key!r} (it has {members})")
+    return _zarr_to_numpy(path, node, "volume"), _zarr_to_numpy(path, node, "mask")
+
+
+def _entry_stem(folder: str, name: str) -> str | None:
+    """The name a volume or mask entry of `folder` is paired on, or None if it is not one.
+
+    Entries are `.npy`, `.npz`, `.tif`/`.tiff` files, zarr stores and other sub-folders
+    (stacks of 2-D TIFF slices); hidden entries and other files are not.
+    """
+    if name.startswith("."):
+        return None
+    path = os.path.join(folder, name)
+    stem, suffix = os.path.splitext(name)
+    if os.path.isdir(path):
+        return stem if suffix.lower() == ".zarr" else name  # a zarr store or slice folder
+    return stem if suffix.lower() in (".npy", ".npz", *_TIFF_SUFFIXES) else None
+
+
+def _entries(folder: str) -> list[tuple[str, str]]:
+    """`(stem, path)` of the volume or mask entries of `folder`, in name order."""
+    entries = []
+    for name in sorted(os.listdir(folder)):
+        stem = _entry_stem(folder, name)
+        if stem is not None:
+            entries.append((stem, os.path.join(folder, name)))
+    stems = [stem for stem, _ in entries]
+    for stem, path in entries:
+        if stems.count(stem) > 1:
+            others = [p for s, p in entries if s == stem]
+            raise ConfigError(
+                f"data.source: {path}: {len(others)} entries of {folder} are named {stem!r} "
+                f"({', '.join(os.path.basename(p) for p in others)}); keep one"
+            )
+    return entries
+
+
+def _read_entry(path: str) -> np.ndarray:
+    """The array of one volume or mask entry of a `volumes/` or `masks/` folder."""
+    if _is_zarr(path):
+        return _read_zarr_array(path)
+    if os.path.isdir(path):
+        return _read_tiff_slices(path)
+    suffix = _suffix(path)
+    if suffix in _TIFF_SUFFIXES:
+        return _read_tiff_volume(path)
+    return _read_npz(path) if suffix == ".npz" else _read_npy(path)
+
+
+def _load_folder(source: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The `(volume, mask)` pairs of a folder with `volumes/` and `masks/`, paired by stem."""
+    volume_dir, mask_dir = os.path.join(source, "volumes"), os.path.join(source, "masks")
+    for folder in (volume_dir, mask_dir):
+        if not os.path.isdir(folder):
+            raise ConfigError(
+                f"data.source: folder {folder} not found; a folder source must hold volumes/ and "
+                "masks/ subfolders or be a .zarr store"
+            )
+    volumes = _entries(volume_dir)
+    if not volumes:
+        raise ConfigError(f"data.source: {volume_dir}: no volumes in it ({_ENTRY_KINDS})")
+    masks = dict(_entries(mask_dir))
+    pairs = []
+    for stem, volume_path in volumes:
+        if stem not in masks:
+            raise ConfigError(
+                f"data.source: {os.path.join(mask_dir, os.path.basename(volume_path))} not "
+                f"found: {volume_path} needs a mask named {stem!r} in {mask_dir} "
+                f"({_ENTRY_KINDS})"
+            )
+        pair = check_pair(_read_entry(volume_path), _read_entry(masks[stem]), volume_path)
+        pairs.append(pair)
+    return pairs
+
+
+def _read_source_file(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """`volume` and `mask` of an `.npz` file or a zarr group, as stored (3-D or 4-D)."""
+    if _is_zarr(source):
+        return _read_zarr_group(source)
+    suffix = _suffix(source)
+    if suffix == ".npz":
+        return _read_npz(source, "volume"), _read_npz(source, "mask")
+    if suffix in _TIFF_SUFFIXES:
+        raise ConfigError(
+            f"data.source: {source}: a single TIFF holds no mask; put it in a folder as "
+            "volumes/NAME.tif with its mask as masks/NAME.tif and point data.source at the folder"
+        )
+    raise ConfigError(
+        f"data.source: {source}: not an .npz file, a .zarr store or a folder with volumes/ and "
+        "masks/"
+    )
 
 
 def _stack(array: np.ndarray, path: str, name: str) -> np.ndarray:
@@ -234,29 +489,20 @@ def check_pair(volume: np.ndarray, mask: np.ndarray, where: str) -> tuple[np.nda
 
 
 def load_volumes(source: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The `(volume, mask)` pairs in `source` (an `.npz` file or a folder; see the docstring)."""
-    _refuse_unsupported(source)
-    if os.path.isdir(source):
-        volume_dir, mask_dir = os.path.join(source, "volumes"), os.path.join(source, "masks")
-        for folder in (volume_dir, mask_dir):
-            if not os.path.isdir(folder):
-                raise ConfigError(f"data.source: folder {folder} not found")
-        names = sorted(os.listdir(volume_dir))
-        for name in names:
-            _refuse_unsupported(name)
-        names = [n for n in names if n.endswith((".npy", ".npz"))]
-        if not names:
-            raise ConfigError(f"data.source: no .npy or .npz files in {volume_dir}")
-        pairs = []
-        for name in names:
-            volume = _read_array(os.path.join(volume_dir, name))
-            mask = _read_array(os.path.join(mask_dir, name))
-            pairs.append(check_pair(volume, mask, name))
-        return pairs
+    """The `(volume, mask)` pairs in `source`, validated by `check_pair`.
+
+    Each volume is float32 `[D, H, W]`, normalised, and its mask uint8 `[D, H, W]` in {0, 1}.
+    `source` is an `.npz` file or a zarr group (arrays `volume` and `mask`, `[D, H, W]` or
+    `[N, D, H, W]`), or a folder with `volumes/` and `masks/` (see the module docstring).
+    Everything is read whole into memory.
+    """
     if not os.path.exists(source):
         raise ConfigError(f"data.source: {source} not found")
-    volumes = _stack(_read_array(source, "volume"), source, "volume")
-    masks = _stack(_read_array(source, "mask"), source, "mask")
+    if os.path.isdir(source) and not _is_zarr(source):
+        return _load_folder(source)
+    volume, mask = _read_source_file(source)
+    volumes = _stack(volume, source, "volume")
+    masks = _stack(mask, source, "mask")
     if volumes.shape != masks.shape:
         raise ConfigError(
             f"data.source: {source}: volume has shape {volumes.shape} but mask has shape "
