@@ -4,6 +4,9 @@
 variant (`configs/optical_depth.py:run3`); `--cfg.KEY=VALUE` overrides a key
 (`--cfg.optim.lr=3e-4`). A config mistake exits with code 2 and one line naming
 the key. Everything else lives in `jaxguard.trainer.train_and_evaluate`.
+
+The host allocator is tuned first (`jaxguard.host_memory`; `JAXGUARD_HOST_ALLOCATOR=default`
+keeps glibc's defaults).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import sys
 from collections.abc import Sequence
 
 from jaxguard import config as config_lib
-from jaxguard import trainer
+from jaxguard import host_memory, trainer
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    # Before the first JAX computation, so every XLA thread shares the tuned heap.
+    host_memory.tune_host_allocator_from_env()
     args, overrides = config_lib.parse_cli(
         sys.argv[1:] if argv is None else argv,
         prog="python -m jaxguard.train",
