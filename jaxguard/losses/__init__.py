@@ -24,6 +24,9 @@ from jaxguard.losses._regression import pinball_loss as pinball_loss
 from jaxguard.losses._regression import r2_penalty as r2_penalty
 from jaxguard.losses._regression import std_gap as std_gap
 from jaxguard.losses._regression import variance_penalty as variance_penalty
+from jaxguard.losses._regression import (
+    variance_preserving_mse as variance_preserving_mse,
+)
 from jaxguard.losses._segmentation import binary_class_weight_map as binary_class_weight_map
 from jaxguard.losses._segmentation import boundary_loss as boundary_loss
 from jaxguard.losses._segmentation import class_weights as class_weights

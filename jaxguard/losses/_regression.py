@@ -84,6 +84,32 @@ def variance_penalty(pred: jax.Array, target: jax.Array) -> jax.Array:
     return _variance_penalty_jit(pred, target)
 
 
+def variance_preserving_mse(
+    pred: jax.Array, target: jax.Array, *, variance_weight: float = 0.5
+) -> jax.Array:
+    """The seed-000 variance-preserving loss, `MSE + variance_weight * variance_penalty`.
+
+    `mean((pred - target)**2) + variance_weight * (1 - var(pred) / var(target))**2`,
+    with the variances and the zero-variance rule of `variance_penalty`. It equals
+    `jnp.mean((pred - target)**2) + variance_weight * variance_penalty(pred, target)`
+    but reads the inputs once for the value and once for the gradient (three passes
+    and two gradient passes when written that way), which matters for large fields.
+
+    Args:
+      pred: predictions, `[batch, ...]`.
+      target: targets, same shape as `pred`.
+      variance_weight: weight of the penalty, `>= 0` (the seed's is 0.5).
+
+    Returns:
+      Scalar `[]`.
+    """
+    _check_pair("variance_preserving_mse", pred, target)
+    _checks.check_positive(
+        "variance_preserving_mse", "variance_weight", variance_weight, allow_zero=True
+    )
+    return _variance_preserving_mse_jit(pred, target, variance_weight)
+
+
 def _median_of_three(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.minimum(a, b), jnp.minimum(jnp.maximum(a, b), c))
 
@@ -103,14 +129,17 @@ def _ninther(flat: jax.Array) -> jax.Array:
     return _median_of_three(*(_median_of_three(*picks[i : i + 3]) for i in (0, 3, 6)))
 
 
-def _shifted_moments(pred: jax.Array, target: jax.Array):
-    """`(shift, mean - shift, variance)` of `pred` and of `target`, in one pass over both.
+def _moments(pred: jax.Array, target: jax.Array):
+    """Shifted moments of `pred` and of `target` and their mean squared error, in one pass.
+
+    Returns `((shift, mean - shift, variance) of pred, the same of target, mse)`.
 
     One pass of `sum(x - c)` and `sum((x - c)**2)` gives the variance as
     `sum((x - c)**2) / n - (sum(x - c) / n)**2`. With `c` the ninther of `x`, both terms
     are of the size of the variance, so the subtraction loses little (with `c = 0` it is
     `E[x^2] - E[x]^2`, which cancels catastrophically when the mean is large next to the
-    spread). The sums are blocked (`_sums`), accurate at 5e7 elements.
+    spread). `sum((pred - target)**2)` rides along in the same pass. The sums are
+    blocked (`_sums`), accurate at 5e7 elements.
     """
     dtype = jnp.promote_types(jnp.result_type(pred, target), jnp.float32)
     flat_pred = pred.reshape(-1).astype(dtype)
@@ -121,27 +150,29 @@ def _shifted_moments(pred: jax.Array, target: jax.Array):
 
     def terms(p, t):
         pred_dev, target_dev = p - pred_shift, t - target_shift
-        return pred_dev, pred_dev**2, target_dev, target_dev**2
+        return pred_dev, pred_dev**2, target_dev, target_dev**2, (p - t) ** 2
 
     sums = sums_over_last_axis(terms, flat_pred, flat_target)
-    pred_offset, pred_square, target_offset, target_square = (s / size for s in sums)
+    pred_offset, pred_square, target_offset, target_square, mse = (s / size for s in sums)
     # Rounding can leave a constant array's variance a hair below 0; a variance is never negative.
     pred_var = jnp.maximum(pred_square - pred_offset**2, 0.0)
     target_var = jnp.maximum(target_square - target_offset**2, 0.0)
-    return (pred_shift, pred_offset, pred_var), (target_shift, target_offset, target_var)
+    return (pred_shift, pred_offset, pred_var), (target_shift, target_offset, target_var), mse
 
 
 @jax.custom_vjp
-def _variance_penalty(pred: jax.Array, target: jax.Array) -> jax.Array:
-    return _variance_penalty_fwd(pred, target)[0]
+def _mse_and_variance_penalty(pred: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(mean((pred - target)**2), (1 - var(pred) / var(target))**2)`: one forward pass
+    over both inputs, and an analytic gradient that is one elementwise pass per input."""
+    return _mse_and_variance_penalty_fwd(pred, target)[0]
 
 
-def _variance_penalty_fwd(pred: jax.Array, target: jax.Array):
-    (pred_shift, pred_offset, pred_var), (target_shift, target_offset, target_var) = (
-        _shifted_moments(pred, target)
-    )
+def _mse_and_variance_penalty_fwd(pred: jax.Array, target: jax.Array):
+    pred_moments, target_moments, mse = _moments(pred, target)
+    (pred_shift, pred_offset, pred_var) = pred_moments
+    (target_shift, target_offset, target_var) = target_moments
     ratio, usable = _safe_ratio(pred_var, target_var)
-    value = jnp.where(usable, (1.0 - ratio) ** 2, 0.0)
+    penalty = jnp.where(usable, (1.0 - ratio) ** 2, 0.0)
     # d var(x) / d x_i = 2 (x_i - mean(x)) / n; with r = var(pred) / var(target) the chain
     # rule gives -2 (1 - r) / var(target) for pred and +2 (1 - r) r / var(target) for target.
     # An unusable target variance zeroes both, as the constant 0 branch would.
@@ -155,26 +186,43 @@ def _variance_penalty_fwd(pred: jax.Array, target: jax.Array):
         (pred_shift, pred_offset, pred_scale),
         (target_shift, target_offset, target_scale),
     )
-    return value.astype(jnp.result_type(pred, target)), residuals
+    dtype = jnp.result_type(pred, target)
+    return (mse.astype(dtype), penalty.astype(dtype)), residuals
 
 
-def _variance_penalty_bwd(residuals, cotangent: jax.Array):
-    """One fused elementwise pass per input: `g * scale * ((x - shift) - offset)`."""
+def _mse_and_variance_penalty_bwd(residuals, cotangents):
+    """One fused elementwise pass per input:
+    `g_penalty * scale * ((x - shift) - offset) +- g_mse * 2 (pred - target) / n`."""
     pred, target, pred_terms, target_terms = residuals
+    mse_cotangent, penalty_cotangent = cotangents
+    dtype = pred_terms[0].dtype
+    difference = (2.0 * mse_cotangent / pred.size) * (pred.astype(dtype) - target.astype(dtype))
 
-    def gradient(x, terms):
+    def penalty_gradient(x, terms):
         shift, offset, scale = terms
         # (x - shift) - offset keeps the deviation's digits when the mean is large.
-        deviation = (x.astype(shift.dtype) - shift) - offset
-        return ((cotangent * scale) * deviation).astype(x.dtype)
+        return (penalty_cotangent * scale) * ((x.astype(dtype) - shift) - offset)
 
-    return gradient(pred, pred_terms), gradient(target, target_terms)
+    return (
+        (penalty_gradient(pred, pred_terms) + difference).astype(pred.dtype),
+        (penalty_gradient(target, target_terms) - difference).astype(target.dtype),
+    )
 
 
-_variance_penalty.defvjp(_variance_penalty_fwd, _variance_penalty_bwd)
+_mse_and_variance_penalty.defvjp(_mse_and_variance_penalty_fwd, _mse_and_variance_penalty_bwd)
+
+
 # Compiled once per shape when called eagerly (a few dozen small ops otherwise); inside a
-# caller's jit it is inlined and costs nothing.
-_variance_penalty_jit = jax.jit(_variance_penalty)
+# caller's jit they are inlined and cost nothing.
+@jax.jit
+def _variance_penalty_jit(pred: jax.Array, target: jax.Array) -> jax.Array:
+    return _mse_and_variance_penalty(pred, target)[1]
+
+
+@jax.jit
+def _variance_preserving_mse_jit(pred: jax.Array, target: jax.Array, weight) -> jax.Array:
+    mse, penalty = _mse_and_variance_penalty(pred, target)
+    return mse + weight * penalty
 
 
 def r2_penalty(pred: jax.Array, target: jax.Array) -> jax.Array:

@@ -280,3 +280,73 @@ def test_variance_penalty_writes_no_full_size_temporary():
     if memory is None:
         pytest.skip("this backend reports no memory analysis")
     assert memory.temp_size_in_bytes < pred.nbytes // 4
+
+
+# variance_preserving_mse shares variance_penalty's pass and adds the MSE to it.
+_preserving_and_grads = jax.jit(
+    jax.value_and_grad(
+        lambda p, t: losses.variance_preserving_mse(p, t, variance_weight=0.5), argnums=(0, 1)
+    )
+)
+
+
+def _preserving64(pred, target, weight=0.5):
+    """Float64 value and gradients of `mean((p - t)**2) + weight * penalty`, by hand."""
+    p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    penalty, penalty_pred, penalty_target = _penalty64(p, t)
+    mse_grad = 2 * (p - t) / p.size
+    return (
+        np.mean((p - t) ** 2) + weight * penalty,
+        mse_grad + weight * penalty_pred,
+        -mse_grad + weight * penalty_target,
+    )
+
+
+@pytest.mark.parametrize(
+    "make_data",
+    [
+        lambda rng: (
+            0.6 * (t := rng.gamma(2.0, 0.45, _LARGE) + 0.15) + rng.normal(0, 0.1, _LARGE),
+            t,
+        ),
+        # Near-perfect predictions on a large mean: the MSE is 1e-10 of mean**2.
+        lambda rng: ((t := rng.normal(1e4, 0.1, _LARGE)) + rng.normal(0, 0.01, _LARGE), t),
+        lambda rng: (rng.standard_t(2, _LARGE), 1e3 * rng.standard_cauchy(_LARGE) % 1e4),
+    ],
+    ids=["gamma", "offset", "heavy_tails"],
+)
+def test_variance_preserving_mse_matches_float64_at_a_million_elements(rng, make_data):
+    pred, target = (x.astype(np.float32) for x in make_data(rng))
+    got = _preserving_and_grads(pred, target)
+    _assert_close_to_float64(got, _preserving64(pred, target), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3,), (31, 33), (2, 1500)])
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_variance_preserving_mse_equals_mse_plus_weighted_penalty(rng, shape, weight):
+    pred = rng.normal(0.3, 0.7, size=shape).astype(np.float32)
+    target = rng.gamma(2.0, 0.45, size=shape).astype(np.float32)
+
+    def composed(p, t):
+        return jnp.mean((p - t) ** 2) + weight * losses.variance_penalty(p, t)
+
+    fused = lambda p, t: losses.variance_preserving_mse(p, t, variance_weight=weight)
+    got = jax.value_and_grad(fused, argnums=(0, 1))(pred, target)
+    expected = jax.value_and_grad(composed, argnums=(0, 1))(pred, target)
+    assert float(got[0]) == pytest.approx(float(expected[0]), rel=1e-5)
+    for g, e in zip(got[1], expected[1], strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6 * np.max(np.abs(e)))
+
+
+def test_variance_preserving_mse_rejects_a_negative_weight(batch):
+    with pytest.raises(ValueError, match="variance_preserving_mse: `variance_weight` must be"):
+        losses.variance_preserving_mse(*batch, variance_weight=-0.5)
+
+
+def test_variance_preserving_mse_writes_no_full_size_temporary():
+    pred = jnp.zeros(_LARGE)
+    compiled = jax.jit(jax.grad(losses.variance_preserving_mse)).lower(pred, pred).compile()
+    memory = compiled.memory_analysis()
+    if memory is None:
+        pytest.skip("this backend reports no memory analysis")
+    assert memory.temp_size_in_bytes < pred.nbytes // 4
