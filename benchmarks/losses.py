@@ -3,11 +3,13 @@
     python -m benchmarks.losses                  # full run, a few minutes on 2 cores
     python -m benchmarks.losses --quick          # 3 sizes, 2 field sizes, 5 repeats
     python -m benchmarks.losses --sizes 1e3,1e7 --fields 256 --repeats 20
-    python -m benchmarks.losses --settings as-is,hugetlb,fast-math
+    python -m benchmarks.losses --settings glibc,tuned,hugetlb,fast-math
 
 Kernels, each forward and forward+gradient with respect to the predictions:
 
-* variance: `mse + 0.5 * variance_penalty` (the seed's loss) on `[n]` vectors;
+* variance: `mse + 0.5 * variance_penalty` (the seed's loss) on `[n]` vectors:
+  `variance_preserving_mse` (one pass), and composed from jnp's MSE and
+  `variance_penalty` (`jaxguard composed`);
 * extreme: `extreme_weighted_mae(threshold=10, lambda_base=1, lambda_ext=5)` on
   `[64, H, H]` fields.
 
@@ -21,7 +23,9 @@ jaxguard's speed-up over each alternative. JAX's forward+gradient is timed twice
 as a user calls it (a fresh gradient array each call) and writing the gradient
 into a donated buffer (no page faults on a fresh allocation). Compilation is timed
 apart. The accuracy of jaxguard's kernels against float64 NumPy is printed for
-every size. Results go to benchmarks/results/ as JSON and Markdown.
+every size. Every setting (`SETTINGS`: the host allocator as glibc leaves it or as
+`python -m jaxguard.train` tunes it, huge pages, fast math) runs in a process of
+its own. Results go to benchmarks/results/ as JSON and Markdown.
 """
 
 from __future__ import annotations
@@ -57,17 +61,28 @@ QUICK_SIZES = (1e3, 1e5, 1e7)
 QUICK_FIELDS = (64, 256)
 
 # Process settings a run can be repeated under (each in a child process, as they act at
-# start-up). "as-is" is the environment the benchmark was started in.
+# start-up), each run in a child process. `glibc` is what a library user gets who does
+# not call `jaxguard.host_memory.tune_host_allocator()`; `tuned` is what
+# `python -m jaxguard.train` gets.
+_GLIBC = {"JAXGUARD_HOST_ALLOCATOR": "default"}
+_TUNED = {"JAXGUARD_HOST_ALLOCATOR": "tuned"}
 SETTINGS = {
-    "as-is": {},
-    "hugetlb": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
-    "fast-math": {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"},
+    "glibc": _GLIBC,
+    "tuned": _TUNED,
+    "hugetlb": {**_GLIBC, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    "fast-math": {**_TUNED, "XLA_FLAGS": "--xla_cpu_enable_fast_math=true"},
 }
+DEFAULT_SETTINGS = ("glibc", "tuned")
 
 # ----------------------------------------------------------------------------- the losses
 
 
 def jaxguard_variance_loss(pred, target):
+    return losses.variance_preserving_mse(pred, target, variance_weight=VARIANCE_WEIGHT)
+
+
+def composed_variance_loss(pred, target):
+    """The same loss as a user composes it from jnp's MSE and jaxguard's penalty."""
     return jnp.mean(jnp.square(pred - target)) + VARIANCE_WEIGHT * losses.variance_penalty(
         pred, target
     )
@@ -188,6 +203,16 @@ def variance_penalty_reference(pred, target) -> tuple[float, np.ndarray]:
     ratio = pred.var() / target.var()
     grad = -4.0 * (1.0 - ratio) / (target.var() * pred.size) * (pred - pred.mean())
     return (1.0 - ratio) ** 2, grad
+
+
+def variance_loss_reference(pred, target) -> tuple[float, np.ndarray]:
+    """Float64 value and gradient (w.r.t. pred) of `mse + VARIANCE_WEIGHT * variance_penalty`."""
+    penalty, penalty_grad = variance_penalty_reference(pred, target)
+    pred, target = pred.astype(np.float64), target.astype(np.float64)
+    mse_grad = 2.0 * (pred - target) / pred.size
+    return np.mean((pred - target) ** 2) + VARIANCE_WEIGHT * penalty, (
+        mse_grad + VARIANCE_WEIGHT * penalty_grad
+    )
 
 
 def extreme_reference(pred, target) -> tuple[float, np.ndarray]:
@@ -329,8 +354,13 @@ def measure_bandwidth(repeats: int, megabytes: int = 256) -> dict[str, float]:
 
 
 def _repeats_for(elements: int, repeats: int) -> int:
-    """More calls at small sizes, where each is cheap and timings scatter more."""
+    """More turns at small sizes, where each is cheap and timings scatter more."""
     return repeats * int(min(20, max(1, 1e6 // elements)))
+
+
+def _burst_for(elements: int) -> int:
+    """Back-to-back calls per turn: 100 at 1e3 elements, down to 1 from 1e5 (see round_robin)."""
+    return int(max(1, 1e5 // elements))
 
 
 def run_group(kernel: str, label: str, impls: list[Impl], elements: int, repeats: int) -> dict:
@@ -342,7 +372,9 @@ def run_group(kernel: str, label: str, impls: list[Impl], elements: int, repeats
         call()  # compiles (JAX, torch.compile) and warms caches and allocations
         first_call[key] = time.perf_counter() - start
     load_start = benchmarks.load_average()
-    times = benchmarks.round_robin(calls, _repeats_for(elements, repeats), budget_s=BUDGET_S)
+    times = benchmarks.round_robin(
+        calls, _repeats_for(elements, repeats), budget_s=BUDGET_S, burst=_burst_for(elements)
+    )
     load_end = benchmarks.load_average()
     itemsize = 4
     moved = {"fwd": 2 * elements * itemsize, "fwd+grad": 3 * elements * itemsize}
@@ -358,7 +390,8 @@ def run_group(kernel: str, label: str, impls: list[Impl], elements: int, repeats
                 "impl": impl.name,
                 "median_s": medians,
                 "min_s": {mode: float(np.min(times[impl.name, mode])) for mode in impl.calls},
-                "calls": {mode: len(times[impl.name, mode]) for mode in impl.calls},
+                "turns": {mode: len(times[impl.name, mode]) for mode in impl.calls},
+                "burst": _burst_for(elements),
                 "gb_per_s": {mode: moved[mode] / t / 1e9 for mode, t in medians.items()},
                 "compile_s": {
                     mode: first_call[impl.name, mode] - medians[mode] for mode in impl.calls
@@ -376,18 +409,26 @@ def benchmark_variance(size: int, repeats: int, torch_parts, empty_call) -> dict
     pred, target = jnp.asarray(pred_np), jnp.asarray(target_np)
     impls = [
         jax_impl("jaxguard", jaxguard_variance_loss, pred, target),
+        jax_impl("jaxguard composed", composed_variance_loss, pred, target),
         jax_impl("jax-naive", naive_variance_loss, pred, target),
     ]
     impls += _torch_impls(torch_parts, "variance", pred_np, target_np)
     impls.append(numpy_impl(numpy_variance_loss, pred_np, target_np))
     impls.append(Impl("empty jit", {"fwd": lambda: empty_call(pred, target)}, {}))
     result = run_group("variance", f"{size:.0e}", impls, size, repeats)
+    offset = offset_data(size)
     result["accuracy"] = {
-        "gamma": relative_errors(
+        "loss, gamma": relative_errors(
+            jaxguard_variance_loss, variance_loss_reference, pred_np, target_np
+        ),
+        "penalty, gamma": relative_errors(
             losses.variance_penalty, variance_penalty_reference, pred_np, target_np
         ),
-        "offset 1e4 +- 0.1": relative_errors(
-            losses.variance_penalty, variance_penalty_reference, *offset_data(size)
+        "loss, offset 1e4 +- 0.1": relative_errors(
+            jaxguard_variance_loss, variance_loss_reference, *offset
+        ),
+        "penalty, offset 1e4 +- 0.1": relative_errors(
+            losses.variance_penalty, variance_penalty_reference, *offset
         ),
     }
     return result
@@ -615,6 +656,7 @@ def report(results: list[dict], notes: list[str]) -> str:
 
 def run_here(args) -> dict:
     """Every measurement in this process, under its current settings."""
+    host_allocator = benchmarks.tune_host_allocator()  # before the first JAX computation
     torch_parts = None if args.no_torch else torch_losses()
     notes = []
     if args.no_torch:
@@ -623,7 +665,7 @@ def run_here(args) -> dict:
         notes.append("torch rows skipped: torch is not installed (pip install -e '.[bench]')")
     elif torch_device(torch_parts[0]) is None:
         notes.append(f"torch rows skipped: this torch build has no {jax.default_backend()} device")
-    info = benchmarks.environment()
+    info = benchmarks.environment(host_allocator)
     if torch_parts is not None:
         info["torch_threads"] = torch_parts[0].get_num_threads()
     empty_jit = jax.jit(lambda pred, target: jnp.zeros((), pred.dtype))
@@ -641,11 +683,16 @@ def run_here(args) -> dict:
 
 
 def run_in_child(setting: str, argv: list[str]) -> dict:
-    """The same run in a child process with `SETTINGS[setting]` added to its environment."""
+    """The same run in a child process with `SETTINGS[setting]` added to its environment.
+
+    A fresh process per setting: the allocator and glibc tunables only take full
+    effect before the first allocation of XLA's threads.
+    """
     env = dict(os.environ)
     for name, value in SETTINGS[setting].items():
-        separator = ":" if name == "GLIBC_TUNABLES" else " "
-        env[name] = f"{env[name]}{separator}{value}" if env.get(name) else value
+        # Lists (XLA flags, glibc tunables) are extended, anything else is replaced.
+        separator = {"GLIBC_TUNABLES": ":", "XLA_FLAGS": " "}.get(name)
+        env[name] = f"{env[name]}{separator}{value}" if separator and env.get(name) else value
     with tempfile.TemporaryDirectory() as tmp:
         output = os.path.join(tmp, "result.json")
         command = [sys.executable, "-m", "benchmarks.losses", *argv, "--child-output", output]
@@ -665,8 +712,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     parser.add_argument(
         "--settings",
-        default="as-is",
-        help=f"comma-separated process settings to run under: {', '.join(SETTINGS)} (or all)",
+        default=",".join(DEFAULT_SETTINGS),
+        help=f"comma-separated process settings to run under: {', '.join(SETTINGS)} (or all); "
+        f"default {','.join(DEFAULT_SETTINGS)}",
     )
     parser.add_argument("--child-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -700,10 +748,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for setting in args.settings:
         print(f"== setting {setting}", flush=True)
-        if setting == "as-is":
-            results.append({"setting": setting, **run_here(args)})
-        else:
-            results.append({**run_in_child(setting, child_argv), "setting": setting})
+        results.append({**run_in_child(setting, child_argv), "setting": setting})
     notes = sorted({note for result in results for note in result["notes"]})
     markdown = report(results, notes)
     print()

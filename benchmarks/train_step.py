@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     names = args.tasks.split(",") if args.tasks else list(tasks.TASKS)
 
-    info = benchmarks.environment()
+    info = benchmarks.environment(benchmarks.tune_host_allocator())
     rows, notes = [], []
     for name in names:
         try:

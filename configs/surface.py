@@ -31,7 +31,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     # Data: the project's own generator (jaxguard/tasks/surface/data.py) or user volumes.
     config.data = config_dict.ConfigDict()
-    config.data.source = ""  # "": embedded; else an .npz file or a volumes/ + masks/ folder.
+    # "": embedded; else an .npz file, a zarr group, or a volumes/ + masks/ folder of
+    # .npy/.npz/.tif/.zarr volumes or TIFF-slice folders (docs/surface.md).
+    config.data.source = ""
     config.data.volume_size = 48  # Side of each embedded cubic volume, voxels.
     config.data.num_train_volumes = 4
     config.data.num_val_volumes = 1  # With data.source: taken from the end, before the test ones.
