@@ -610,6 +610,67 @@ def startup_lines(config: ConfigDict, splits) -> list[str]:
     return lines
 
 
+def audit(config: ConfigDict, splits) -> dict:
+    """Extreme days and pixels of every split and how often a batch sees one (`jaxguard.audit`).
+
+    Returns:
+      `{split: figures, ..., "recommendations": [lines]}`. Figures (high-resolution
+      fields `x`, mm/day; the training split as training sees it, oversampled days
+      repeated): `days`, `extreme_days` and `extreme_day_rate` (days with some pixel
+      above the extreme threshold), `extreme_pixels` and `extreme_pixel_rate`, `mean`,
+      `dry_pixels` (share <= 0), `q999` (99.9th percentile) and `max`.
+    """
+    threshold = extreme_threshold(config)
+    result: dict = {}
+    for name, split in splits.items():
+        x = np.asarray(split["x"], np.float64)
+        extreme = x > threshold
+        extreme_days = int(np.sum(split["has_extreme"] > 0))
+        result[name] = {
+            "days": len(x),
+            "extreme_days": extreme_days,
+            "extreme_day_rate": extreme_days / len(x),
+            "extreme_pixels": int(extreme.sum()),
+            "extreme_pixel_rate": float(extreme.mean()),
+            "mean": float(x.mean()),
+            "dry_pixels": float(np.mean(x <= 0)),
+            "q999": float(np.quantile(x, 0.999)),
+            "max": float(x.max()),
+        }
+    train, batch = result["train"], config.train.batch_size
+    rate = train["extreme_day_rate"]
+    # Batches drawn without replacement from the shuffled split; with replacement is close.
+    with_extreme = 1.0 - (1.0 - rate) ** batch
+    advice = [
+        f"extreme: x > {threshold:.4g} mm/day; train: {rate:.2%} of days, "
+        f"{train['extreme_pixel_rate']:.3%} of pixels",
+        f"a batch of {batch} holds an extreme day {with_extreme:.0%} of the time: the extreme "
+        f"term (lambda_ext={config.loss.lambda_ext:g}) is 0 in the other batches, so the "
+        "training loss jumps between the two kinds of batch"
+        + (
+            "; data.oversample_extremes=k repeats each extreme day k times"
+            if config.data.oversample_extremes == 1
+            else ""
+        ),
+    ]
+    if config.loss.extreme_ratio_scaling:
+        advice.append(
+            "loss.extreme_ratio_scaling is on (seed 002's bug): the extreme term is scaled by "
+            "the share of batch samples with extremes, so lambda_ext acts as far less"
+        )
+    for name in ("val", "test"):
+        days = result[name]["extreme_days"]
+        if days == 0:
+            advice.append(f"{name} has no extreme day: its tail MAE is undefined")
+        elif days < 20:
+            advice.append(
+                f"{name} has {days} extreme days: its tail MAE rests on few days and moves "
+                f"a lot between runs; more days (data.num_{name}) give steadier figures"
+            )
+    result["recommendations"] = advice
+    return result
+
+
 def histograms(outputs, batch) -> dict[str, np.ndarray]:
     return {
         "generated": np.asarray(outputs["generated"]),

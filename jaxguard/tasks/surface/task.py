@@ -38,8 +38,7 @@ from scipy import ndimage, special
 from jaxguard import guards as guards_lib
 from jaxguard import losses
 from jaxguard.config import ConfigError
-from jaxguard.metrics import SegmentationMetrics
-from jaxguard.metrics._moments import COUNT_DTYPE, STATE_DTYPE
+from jaxguard.metrics import COUNT_DTYPE, STATE_DTYPE, SegmentationMetrics
 from jaxguard.tasks.surface import data as data_lib
 from jaxguard.tasks.surface import inference
 from jaxguard.tasks.surface.model import NORMS, PatchAugment, SurfaceSegmenter, UNet3D
@@ -185,11 +184,11 @@ class PlateauGuard:
 
     def __init__(self, *, patience: int, tolerance: float, start_within: int):
         owner = type(self).__name__
-        self.patience = guards_lib._check_count(owner, "patience", patience, 2)
+        self.patience = guards_lib.check_count(owner, "patience", patience, 2)
         if not (math.isfinite(tolerance) and tolerance >= 0):
             raise ValueError(f"{owner}: `tolerance` must be finite and >= 0, got {tolerance}.")
         self.tolerance = float(tolerance)
-        self.start_within = guards_lib._check_count(owner, "start_within", start_within, 1)
+        self.start_within = guards_lib.check_count(owner, "start_within", start_within, 1)
         self._start: int | None = None  # first epoch of the current flat run
         self._train: list[float] = []
         self._val: list[float] = []
@@ -208,7 +207,7 @@ class PlateauGuard:
         return max(self._spread(self._train), self._spread(self._val)) <= self.tolerance
 
     def update(self, epoch: int, metrics: Mapping[str, float]) -> guards_lib.GuardEvent | None:
-        epoch = guards_lib._check_advance(
+        epoch = guards_lib.check_advance(
             type(self).__name__, "epoch", epoch, self._last_epoch, None
         )
         self._last_epoch = epoch
@@ -254,7 +253,7 @@ class PlateauGuard:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        guards_lib._check_state_matches(
+        guards_lib.check_state_matches(
             type(self).__name__, state, patience=self.patience, tolerance=self.tolerance
         )
         self._start = state["start"]
@@ -285,8 +284,8 @@ class MajorityClassGuard:
             raise ValueError(f"{owner}: `margin` must lie in (0, 0.5), got {margin}.")
         self.prior = float(prior)
         self.margin = float(margin)
-        self.patience = guards_lib._check_count(owner, "patience", patience, 1)
-        self.start_epoch = guards_lib._check_count(owner, "start_epoch", start_epoch, 0)
+        self.patience = guards_lib.check_count(owner, "patience", patience, 1)
+        self.start_epoch = guards_lib.check_count(owner, "start_epoch", start_epoch, 0)
         self._count = 0
         self._last_epoch: int | None = None
 
@@ -313,7 +312,7 @@ class MajorityClassGuard:
         return None
 
     def update(self, epoch: int, metrics: Mapping[str, float]) -> guards_lib.GuardEvent | None:
-        epoch = guards_lib._check_advance(
+        epoch = guards_lib.check_advance(
             type(self).__name__, "epoch", epoch, self._last_epoch, None
         )
         self._last_epoch = epoch
@@ -341,7 +340,7 @@ class MajorityClassGuard:
         return {"prior": self.prior, "count": self._count, "last_epoch": self._last_epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        guards_lib._check_state_matches(type(self).__name__, state, prior=self.prior)
+        guards_lib.check_state_matches(type(self).__name__, state, prior=self.prior)
         self._count = state["count"]
         self._last_epoch = state["last_epoch"]
 
@@ -424,6 +423,67 @@ def make_splits(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
 def foreground_prior(splits) -> float:
     """Foreground fraction of the training patches (what the loss sees)."""
     return float(np.mean(splits["train"]["labels"]))
+
+
+def audit(config: ConfigDict, splits) -> dict[str, Any]:
+    """Foreground balance of every split and the focal settings it implies (`jaxguard.audit`).
+
+    Returns:
+      `{split: figures, ..., "recommendations": [lines]}`. Figures: `patches`,
+      `fg_fraction` (papyrus share of all voxels), the per-patch papyrus share's `min`,
+      `q05`, `median`, `q95` and `max`, `empty_patches` and `full_patches` (no / only
+      papyrus), and `all_foreground_dice` = `2 f / (1 + f)`, the dice of predicting
+      papyrus everywhere (the majority-class baseline the seed's plateau sat near).
+    """
+    result: dict[str, Any] = {}
+    for name, split in splits.items():
+        labels = np.asarray(split["labels"]) >= 0.5
+        per_patch = labels.reshape(len(labels), -1).mean(axis=1)
+        fraction = float(labels.mean())
+        q05, median, q95 = np.quantile(per_patch, [0.05, 0.5, 0.95])
+        result[name] = {
+            "patches": len(labels),
+            "fg_fraction": fraction,
+            "min": float(per_patch.min()),
+            "q05": float(q05),
+            "median": float(median),
+            "q95": float(q95),
+            "max": float(per_patch.max()),
+            "empty_patches": int(np.sum(per_patch == 0)),
+            "full_patches": int(np.sum(per_patch == 1)),
+            "all_foreground_dice": 2 * fraction / (1 + fraction),
+        }
+    train = result["train"]
+    advice = [
+        f"train: {train['fg_fraction']:.1%} papyrus; predicting papyrus everywhere scores dice "
+        f"{train['all_foreground_dice']:.3f} on it, so a dice near that is the majority class, "
+        "not a model"
+    ]
+    if 0 < train["fg_fraction"] < 1:
+        alpha, weights = focal_settings(config, splits)
+        source = "from the data" if config.loss.focal_alpha is None else "loss.focal_alpha"
+        advice.append(f"focal alpha {alpha:.3f} ({source}: 1 - the train papyrus share)")
+        if weights is None:
+            advice.append("class weights off (loss.use_class_weights=False)")
+        else:
+            advice.append(
+                f"class weights w_c = 1 / (K f_c): background {weights[0]:.3f}, papyrus "
+                f"{weights[1]:.3f} (loss.use_class_weights=False turns them off)"
+            )
+    else:
+        advice.append(
+            "train holds one class only: the loss cannot learn a boundary; change "
+            "data.foreground_centre_prob or the data"
+        )
+    for name in ("val", "test"):
+        if name in result and abs(result[name]["fg_fraction"] - train["fg_fraction"]) > 0.15:
+            advice.append(
+                f"{name} is {result[name]['fg_fraction']:.1%} papyrus against train's "
+                f"{train['fg_fraction']:.1%}: the patch sampler (data.foreground_centre_prob) "
+                "shifts the balance the loss sees"
+            )
+    result["recommendations"] = advice
+    return result
 
 
 # ----------------------------------------------------------------------------- model and loss
