@@ -2,9 +2,14 @@
 
 Reads each run's `test_metrics.json` and prints one row per run with R², MAE,
 RMSE, prediction std, spread and std ratio (or the metrics named by
-`--metrics`), marking the best run in each column with `*`. "Best" is the
-highest R², the lowest MAE and RMSE, and for the spread figures the one closest
-to the truth (std ratio closest to 1, pred std closest to the target std).
+`--metrics`; runs without those, such as segmentation or pointing runs, get every
+numeric metric they report), marking the best run in each column with `*`.
+"Best" is the highest for scores (R², Pearson, dice, IoU, precision, recall, F1,
+clDice, active latent units), the lowest for errors and losses, and for figures
+with a true counterpart the one closest to the truth (std ratio closest to 1,
+pred std closest to the target std, predicted foreground fraction or component
+count closest to the true one). A column whose direction jaxguard does not know
+is left unmarked rather than guessed.
 """
 
 from __future__ import annotations
@@ -25,13 +30,40 @@ LABELS = {
     "spread": "spread",
     "std_ratio": "std ratio",
 }
-# How far a value is from ideal, given the run's metrics; the smallest wins.
-_DISTANCE_TO_IDEAL = {
-    "r2": lambda m: -m["r2"],
-    "std_ratio": lambda m: abs(m["std_ratio"] - 1.0),
-    "pred_std": lambda m: abs(m["pred_std"] - m.get("target_std", math.nan)),
-    "spread": lambda m: abs(m["spread"] - m.get("target_spread", math.nan)),
+_HIGHER_IS_BETTER = {
+    "r2", "pearson", "correlation", "dice", "iou", "precision", "recall", "cldice",
+    "cldice_mean", "done_f1", "done_precision", "done_recall", "active_units",
+}  # fmt: skip
+_LOWER_IS_BETTER = {"mae", "rmse", "mse", "mape", "loss", "nonfinite"}
+_LOWER_IS_BETTER_SUFFIXES = ("_mae", "_rmse", "_mse", "_loss", "_tail", "_all")
+_LOWER_IS_BETTER_PREFIXES = ("mae_", "rmse_", "pixel_error_")
+# Predicted figure -> its true counterpart: the closest wins.
+_TRUE_COUNTERPART = {
+    "pred_std": "target_std",
+    "spread": "target_spread",
+    "fg_fraction_pred": "fg_fraction_true",
+    "extreme_freq_pred": "extreme_freq_true",
+    "components_pred": "components_true",
+    "done_positive_rate": "done_true_rate",
 }
+_IDEAL_VALUE = {"std_ratio": 1.0, "variance_ratio": 1.0, "bias": 0.0}
+
+
+def _distance_to_ideal(metric: str):
+    """`metrics -> how far the run is from ideal on metric` (smallest wins), or None if unknown."""
+    if metric in _HIGHER_IS_BETTER:
+        return lambda m: -m[metric]
+    if metric in _IDEAL_VALUE:
+        return lambda m: abs(m[metric] - _IDEAL_VALUE[metric])
+    if metric in _TRUE_COUNTERPART:
+        return lambda m: abs(m[metric] - m.get(_TRUE_COUNTERPART[metric], math.nan))
+    if (
+        metric in _LOWER_IS_BETTER
+        or metric.endswith(_LOWER_IS_BETTER_SUFFIXES)
+        or metric.startswith(_LOWER_IS_BETTER_PREFIXES)
+    ):
+        return lambda m: m[metric]
+    return None
 
 
 def load_run(run_dir: str) -> dict:
@@ -43,17 +75,31 @@ def load_run(run_dir: str) -> dict:
 
 
 def best_runs(runs: dict[str, dict], metric: str) -> set[str]:
-    """Names of the runs that are best on `metric` (ties share the mark)."""
-    distance = _DISTANCE_TO_IDEAL.get(metric, lambda m: m[metric])
+    """Names of the runs that are best on `metric` (ties share the mark; none if unknown)."""
+    distance = _distance_to_ideal(metric)
+    if distance is None:
+        return set()
     scores = {}
     for name, metrics in runs.items():
-        value = distance(metrics) if metric in metrics else math.nan
+        value = distance(metrics) if _is_number(metrics.get(metric)) else math.nan
         if not math.isnan(value):
             scores[name] = value
     if not scores:
         return set()
     best = min(scores.values())
     return {name for name, value in scores.items() if value == best}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def default_metrics(runs: dict[str, dict]) -> list[str]:
+    """`DEFAULT_METRICS` that some run reports, else every numeric metric of the runs."""
+    present = [m for m in DEFAULT_METRICS if any(m in metrics for metrics in runs.values())]
+    if present:
+        return present
+    return sorted({k for metrics in runs.values() for k, v in metrics.items() if _is_number(v)})
 
 
 def table(runs: dict[str, dict], metrics: Sequence[str]) -> list[list[str]]:
@@ -63,8 +109,9 @@ def table(runs: dict[str, dict], metrics: Sequence[str]) -> list[list[str]]:
     for name, values in runs.items():
         cells = [name]
         for metric in metrics:
-            value = values.get(metric, math.nan)
-            cells.append(f"{value:.4g}" + ("*" if name in marks[metric] else ""))
+            value = values.get(metric)
+            text = f"{value:.4g}" if _is_number(value) else "-"
+            cells.append(text + ("*" if name in marks[metric] else ""))
         rows.append(cells)
     return rows
 
@@ -89,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     parser.add_argument(
         "--metrics",
-        default=",".join(DEFAULT_METRICS),
-        help="comma-separated test metric keys (default: %(default)s)",
+        help=f"comma-separated test metric keys (default: {','.join(DEFAULT_METRICS)}, or "
+        "every numeric metric for runs that report none of those)",
     )
     parser.add_argument("--markdown", metavar="OUT", help="also write the table as Markdown to OUT")
     args = parser.parse_args(argv)
@@ -99,9 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows = table(runs, [m for m in args.metrics.split(",") if m])
+    metrics = [m for m in args.metrics.split(",") if m] if args.metrics else default_metrics(runs)
+    rows = table(runs, metrics)
     print(to_text(rows))
-    print("* best run in the column")
+    print("* best run in the column (columns of unknown direction are not marked)")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(to_markdown(rows))
