@@ -56,7 +56,11 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _check_count(owner: str, name: str, value: Any, minimum: int) -> int:
+# Argument checks shared by every guard, the tasks' own guards included: each error names
+# the guard (`owner`) and the argument.
+
+
+def check_count(owner: str, name: str, value: Any, minimum: int) -> int:
     """`value` as an int (Python, NumPy or 0-d JAX integer); fails below `minimum`."""
     if isinstance(value, bool):
         raise TypeError(f"{owner}: `{name}` must be an integer, got {value!r}.")
@@ -69,9 +73,9 @@ def _check_count(owner: str, name: str, value: Any, minimum: int) -> int:
     return number
 
 
-def _check_advance(owner: str, name: str, value: Any, last: int | None, stopped: int | None) -> int:
+def check_advance(owner: str, name: str, value: Any, last: int | None, stopped: int | None) -> int:
     """The integer `value`, failing after a stop or unless it is later than the last update's."""
-    number = _check_count(owner, name, value, 0)
+    number = check_count(owner, name, value, 0)
     if stopped is not None:
         raise RuntimeError(
             f"{owner}: the run was stopped at {name} {stopped}; update() called again at "
@@ -92,7 +96,7 @@ def _check_optional_finite(owner: str, name: str, value: float | None) -> float 
     return float(value)
 
 
-def _check_state_matches(owner: str, state: Mapping[str, Any], **settings: Any) -> None:
+def check_state_matches(owner: str, state: Mapping[str, Any], **settings: Any) -> None:
     """Fails when a saved state came from a guard with other settings (its values don't carry)."""
     for key, value in settings.items():
         if state[key] != value:
@@ -288,10 +292,10 @@ class EarlyStopping:
         if mode not in _MODES:
             raise ValueError(f"{owner}: `mode` must be 'min' or 'max', got {mode!r}.")
         self.mode = mode
-        self.patience = _check_count(owner, "patience", patience, 1)
+        self.patience = check_count(owner, "patience", patience, 1)
         check_positive(owner, "min_delta", min_delta, allow_zero=True)
         self.min_delta = float(min_delta)
-        self.start_epoch = _check_count(owner, "start_epoch", start_epoch, 0)
+        self.start_epoch = check_count(owner, "start_epoch", start_epoch, 0)
         self.stopping_threshold = _check_optional_finite(
             owner, "stopping_threshold", stopping_threshold
         )
@@ -384,7 +388,7 @@ class EarlyStopping:
           A "stop" event (the run ends), a "warn" event (a NaN monitor before start_epoch), or
           None. `is_improvement` then says whether this evaluation set a new best.
         """
-        epoch = _check_advance(
+        epoch = check_advance(
             type(self).__name__, "epoch", epoch, self._last_epoch, self._stopped_epoch
         )
         value = self.monitor.evaluate(metrics)
@@ -449,7 +453,7 @@ class EarlyStopping:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _check_state_matches(
+        check_state_matches(
             type(self).__name__, state, monitor=self.monitor.source, mode=self.mode
         )
         self._best_value = state["best_value"]
@@ -495,8 +499,8 @@ class CollapseGuard:
             )
         self.warn_below = float(warn_below)
         self.stop_below = float(stop_below)
-        self.patience = _check_count(owner, "patience", patience, 1)
-        self.start_epoch = _check_count(owner, "start_epoch", start_epoch, 0)
+        self.patience = check_count(owner, "patience", patience, 1)
+        self.start_epoch = check_count(owner, "start_epoch", start_epoch, 0)
         self._below_warn = 0
         self._below_stop = 0
         self._last_epoch: int | None = None
@@ -534,7 +538,7 @@ class CollapseGuard:
           metrics: Validation metrics by unprefixed name, with the watched metric and, for the
             messages, pred_std, target_std and r2 when available.
         """
-        epoch = _check_advance(
+        epoch = check_advance(
             type(self).__name__, "epoch", epoch, self._last_epoch, self._stopped_epoch
         )
         value = self.metric.evaluate(metrics)
@@ -596,7 +600,7 @@ class CollapseGuard:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _check_state_matches(type(self).__name__, state, metric=self.metric.source)
+        check_state_matches(type(self).__name__, state, metric=self.metric.source)
         self._below_warn = state["below_warn"]
         self._below_stop = state["below_stop"]
         self._last_epoch = state["last_epoch"]
@@ -650,8 +654,8 @@ def collapse_diagnostics(
     pred = np.asarray(pred, np.float64)
     target = np.asarray(target, np.float64)
     check_same_shape(owner, pred=pred, target=target)
-    bins = _check_count(owner, "bins", bins, 1)
-    quantile_bins = _check_count(owner, "quantile_bins", quantile_bins, 1)
+    bins = check_count(owner, "bins", bins, 1)
+    quantile_bins = check_count(owner, "quantile_bins", quantile_bins, 1)
     finite = np.isfinite(pred) & np.isfinite(target)
     p, t = pred[finite], target[finite]
     result: dict[str, Any] = {"count": int(p.size), "nonfinite": int(pred.size - p.size)}
@@ -703,7 +707,7 @@ class NonFiniteGuard:
     """
 
     def __init__(self, max_consecutive: int = 5):
-        self.max_consecutive = _check_count(
+        self.max_consecutive = check_count(
             type(self).__name__, "max_consecutive", max_consecutive, 1
         )
         self._last_step: int | None = None
@@ -737,9 +741,9 @@ class NonFiniteGuard:
             "grad_norm": inf}``; those that are NaN or infinite are named in the messages.
         """
         owner = type(self).__name__
-        step = _check_advance(owner, "step", step, self._last_step, self._stopped_step)
-        consecutive = _check_count(owner, "consecutive_nonfinite", consecutive_nonfinite, 0)
-        total = _check_count(owner, "total_nonfinite", total_nonfinite, 0)
+        step = check_advance(owner, "step", step, self._last_step, self._stopped_step)
+        consecutive = check_count(owner, "consecutive_nonfinite", consecutive_nonfinite, 0)
+        total = check_count(owner, "total_nonfinite", total_nonfinite, 0)
         if consecutive > total or total < self._last_total:
             raise ValueError(
                 f"{owner}: inconsistent counters at step {step}: consecutive_nonfinite "
@@ -785,7 +789,7 @@ class NonFiniteGuard:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _check_state_matches(type(self).__name__, state, max_consecutive=self.max_consecutive)
+        check_state_matches(type(self).__name__, state, max_consecutive=self.max_consecutive)
         self._last_step = state["last_step"]
         self._last_consecutive = state["last_consecutive"]
         self._last_total = state["last_total"]
@@ -815,7 +819,7 @@ def warmup_vs_early_stopping_warning(
         when present).
       eval_every_epochs: Epochs between evaluations (`config.eval.every_epochs`).
     """
-    every = _check_count(
+    every = check_count(
         "warmup_vs_early_stopping_warning", "eval_every_epochs", eval_every_epochs, 1
     )
     if warmup_epochs <= 0 or not getattr(early_stopping_cfg, "enabled", True):

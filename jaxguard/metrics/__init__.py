@@ -8,14 +8,19 @@ of host-side Python floats). NaN/Inf inputs are excluded and counted under `nonf
 from jaxguard.metrics._extremes import ExtremeMetrics
 from jaxguard.metrics._histogram import Histogram
 from jaxguard.metrics._moments import (
+    COUNT_DTYPE,
+    STATE_DTYPE,
     Moments,
     merge_stacked,
 )
-from jaxguard.metrics._pointing import PointingMetrics
+from jaxguard.metrics._pointing import DONE_THRESHOLD, PointingMetrics
 from jaxguard.metrics._regression import RegressionMetrics
 from jaxguard.metrics._segmentation import SegmentationMetrics
 
 __all__ = [
+    "COUNT_DTYPE",
+    "DONE_THRESHOLD",
+    "STATE_DTYPE",
     "ExtremeMetrics",
     "Histogram",
     "Moments",

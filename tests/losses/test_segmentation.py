@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import ndimage
+from segmentation_references import signed_distance
+from segmentation_references import soft_skeleton as soft_skeleton_reference
 from sklearn.utils.class_weight import compute_class_weight
 
 from jaxguard.losses._segmentation import (
@@ -107,47 +109,9 @@ def _np_focal(logits, labels, alpha, gamma):
     return np.where(t == 1, alpha, 1 - alpha) * loss
 
 
-def _scipy_sdm(labels):
-    """sdm = edt(1 - mask) - edt(mask); scipy's edt gives each nonzero voxel its distance to the
-    nearest zero voxel, so edt(1 - mask) is the distance of background to foreground and
-    edt(mask) that of foreground to background. No boundary: all zeros."""
-    maps = []
-    for mask in np.asarray(labels) > 0.5:
-        if mask.all() or not mask.any():
-            maps.append(np.zeros(mask.shape))
-        else:
-            maps.append(
-                ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)
-            )
-    return np.stack(maps)
-
-
-def _np_skeleton(probs, iterations):
-    """Soft skeleton from scipy grey morphology. mode="nearest" repeats the edge voxel, which is
-    already inside every 3-wide window at the edge, so it equals ignoring outside voxels."""
-    x = np.asarray(probs, np.float64)
-    rank = x.ndim - 1
-    cross = ndimage.generate_binary_structure(rank, 1)
-    cube = np.ones((3,) * rank, bool)
-
-    def erode(v):
-        return np.stack([ndimage.grey_erosion(e, footprint=cross, mode="nearest") for e in v])
-
-    def opening(v):
-        eroded = erode(v)
-        return np.stack([ndimage.grey_dilation(e, footprint=cube, mode="nearest") for e in eroded])
-
-    skeleton = np.maximum(x - opening(x), 0)
-    for _ in range(iterations):
-        x = erode(x)
-        delta = np.maximum(x - opening(x), 0)
-        skeleton = skeleton + np.maximum(delta - skeleton * delta, 0)
-    return skeleton
-
-
 def _np_cldice(logits, labels, iterations, smooth):
     p, t = _np_sigmoid(logits), np.asarray(labels, np.float64)
-    skel_p, skel_t = _np_skeleton(p, iterations), _np_skeleton(t, iterations)
+    skel_p, skel_t = soft_skeleton_reference(p, iterations), soft_skeleton_reference(t, iterations)
     tprec = (_sum_spatial(skel_p * t) + smooth) / (_sum_spatial(skel_p) + smooth)
     tsens = (_sum_spatial(skel_t * p) + smooth) / (_sum_spatial(skel_t) + smooth)
     return 1 - 2 * tprec * tsens / (tprec + tsens)
@@ -308,7 +272,7 @@ def test_binary_class_weight_map_rejects_bad_weights():
 @pytest.mark.parametrize("foreground", [0.1, 0.66, 0.95])
 def test_signed_distance_map_matches_scipy(shape, foreground):
     _, labels = _case(shape, seed=1, foreground=foreground)
-    np.testing.assert_allclose(_sdm(labels), _scipy_sdm(labels), atol=1e-5)
+    np.testing.assert_allclose(_sdm(labels), signed_distance(labels), atol=1e-5)
 
 
 def test_signed_distance_map_sign_convention():
@@ -339,7 +303,7 @@ def test_signed_distance_map_has_zero_gradient():
 
 def test_signed_distance_map_accepts_bool_and_int_labels():
     _, labels = _case(SHAPES[0], seed=2)
-    expected = _scipy_sdm(labels)
+    expected = signed_distance(labels)
     for cast in (labels.astype(bool), labels.astype(np.int32)):
         got = _sdm(cast)
         assert jnp.issubdtype(got.dtype, jnp.floating)
@@ -351,13 +315,13 @@ def test_signed_distance_map_accepts_bool_and_int_labels():
 def test_signed_distance_map_property_matches_scipy(data, shape):
     mask = data.draw(hnp.arrays(np.bool_, shape))
     labels = mask.astype(np.float32)
-    np.testing.assert_allclose(_sdm(labels), _scipy_sdm(labels), atol=1e-5)
+    np.testing.assert_allclose(_sdm(labels), signed_distance(labels), atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_boundary_loss_matches_numpy(shape):
     logits, labels = _case(shape)
-    sdm = _scipy_sdm(labels)
+    sdm = signed_distance(labels)
     got = _boundary(logits, _sdm(labels))
     assert got.shape == (shape[0],)
     expected = (_np_sigmoid(logits) * sdm).reshape(shape[0], -1).mean(axis=1)
@@ -368,7 +332,7 @@ def test_boundary_loss_minimum_is_minus_mean_inside_distance():
     _, labels = _case(SHAPES[1], seed=3, foreground=0.8)
     sdm = _sdm(labels)
     perfect = _boundary(30.0 * (2 * labels - 1), sdm)
-    expected = np.minimum(_scipy_sdm(labels), 0).reshape(2, -1).mean(axis=1)
+    expected = np.minimum(signed_distance(labels), 0).reshape(2, -1).mean(axis=1)
     np.testing.assert_allclose(perfect, expected, rtol=1e-5)
     assert (perfect < 0).all()
     logits, _ = _case(SHAPES[1], seed=4)
@@ -381,9 +345,9 @@ def test_boundary_loss_minimum_is_minus_mean_inside_distance():
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_soft_skeleton_matches_scipy_grey_morphology(shape):
     _, labels = _case(shape, seed=5)
-    np.testing.assert_allclose(_skeleton(labels), _np_skeleton(labels, 10), atol=1e-6)
+    np.testing.assert_allclose(_skeleton(labels), soft_skeleton_reference(labels, 10), atol=1e-6)
     probs = _np_sigmoid(_case(shape, seed=6)[0]).astype(np.float32)  # soft inputs as well
-    np.testing.assert_allclose(_skeleton(probs), _np_skeleton(probs, 10), atol=1e-5)
+    np.testing.assert_allclose(_skeleton(probs), soft_skeleton_reference(probs, 10), atol=1e-5)
 
 
 def test_soft_skeleton_of_bars_is_their_centre_line():
@@ -507,7 +471,7 @@ def test_connectivity_needs_an_edge():
 
 
 def _second_argument(name, labels):
-    return _scipy_sdm(labels).astype(np.float32) if name == "boundary_loss" else labels
+    return signed_distance(labels).astype(np.float32) if name == "boundary_loss" else labels
 
 
 @pytest.mark.parametrize("name", PAIR_LOSSES)

@@ -37,8 +37,7 @@ from jaxguard import config as config_lib
 from jaxguard import losses
 from jaxguard.guards import GuardEvent
 from jaxguard.losses._pointing import split_distance
-from jaxguard.metrics import PointingMetrics
-from jaxguard.metrics._pointing import DONE_THRESHOLD
+from jaxguard.metrics import DONE_THRESHOLD, PointingMetrics
 from jaxguard.tasks.pointer import coords, render
 from jaxguard.tasks.pointer import data as data_lib
 from jaxguard.tasks.pointer.model import PointerNet

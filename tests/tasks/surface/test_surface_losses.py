@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from scipy import ndimage
+from segmentation_references import signed_distance, soft_skeleton
 
 from jaxguard import config as config_lib
 from jaxguard.tasks.surface import task
@@ -58,41 +58,9 @@ def _focal(x, t, alpha, gamma):
     return -alpha_t * (1 - np.exp(log_p_t)) ** gamma * log_p_t
 
 
-def _signed_distance(labels):
-    maps = []
-    for mask in labels > 0.5:
-        if mask.all() or not mask.any():
-            maps.append(np.zeros(mask.shape))
-        else:
-            maps.append(
-                ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)
-            )
-    return np.stack(maps)
-
-
-def _skeleton(x, iterations):
-    """Soft skeleton by scipy grey morphology (cross erosion, cube dilation)."""
-    cross = ndimage.generate_binary_structure(3, 1)
-
-    def erode(v):
-        return np.stack([ndimage.grey_erosion(e, footprint=cross, mode="nearest") for e in v])
-
-    def opening(v):
-        return np.stack(
-            [ndimage.grey_dilation(e, size=(3, 3, 3), mode="nearest") for e in erode(v)]
-        )
-
-    skeleton = np.maximum(x - opening(x), 0)
-    for _ in range(iterations):
-        x = erode(x)
-        delta = np.maximum(x - opening(x), 0)
-        skeleton = skeleton + np.maximum(delta - skeleton * delta, 0)
-    return skeleton
-
-
 def _cldice(p, t, iterations, smooth):
     axes = (1, 2, 3)
-    skeleton_p, skeleton_t = _skeleton(p, iterations), _skeleton(t, iterations)
+    skeleton_p, skeleton_t = soft_skeleton(p, iterations), soft_skeleton(t, iterations)
     precision = ((skeleton_p * t).sum(axes) + smooth) / (skeleton_p.sum(axes) + smooth)
     sensitivity = ((skeleton_t * p).sum(axes) + smooth) / (skeleton_t.sum(axes) + smooth)
     return 1 - 2 * precision * sensitivity / (precision + sensitivity)
@@ -121,7 +89,7 @@ def _case(seed=0, foreground=0.66):
     inputs = {
         "logits": logits,
         "labels": labels,
-        "signed_distance": _signed_distance(labels).astype(np.float32),
+        "signed_distance": signed_distance(labels).astype(np.float32),
     }
     return inputs
 
