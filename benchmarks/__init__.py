@@ -51,12 +51,16 @@ def _version(package: str) -> str | None:
 
 
 def tune_host_allocator() -> str:
-    """Tunes glibc as `python -m jaxguard.train` does (unless `JAXGUARD_HOST_ALLOCATOR=default`).
+    """Tunes glibc as `python -m jaxguard.train` does (`JAXGUARD_HOST_ALLOCATOR` decides how).
 
     Call before the first JAX computation. Returns the label the reports print.
     """
-    tuned = host_memory.tune_host_allocator_from_env()
-    return "tuned (jaxguard.host_memory)" if tuned else "glibc defaults"
+    applied = host_memory.tune_host_allocator_from_env()
+    return {
+        "tuned": "tuned (jaxguard.host_memory)",
+        "single-arena": "tuned, single arena (jaxguard.host_memory)",
+        "default": "glibc defaults",
+    }[applied]
 
 
 def environment(host_allocator: str) -> dict:
