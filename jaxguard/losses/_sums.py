@@ -34,11 +34,6 @@ _LANES = 16
 BLOCK = _DEPTH * _LANES
 # Below this many elements per row one scalar loop is cheaper than a second kernel call.
 _SCALAR_BELOW = 4 * BLOCK
-# Below this many elements in all, too: the blocked form takes a dozen small kernels, and
-# on a 2-core CPU each costs more to hand between XLA's threads than a scalar loop over
-# the whole input (value and gradient of variance_preserving_mse at 1e4 elements: 97 us
-# scalar, 167 us blocked; the scalar sums still agree with float64 to 2e-6 there).
-_SCALAR_TOTAL_BELOW = 2**14
 # Elements per fused reduction at most: its lane sums (1/16 of its input per operand)
 # then stay below glibc's 32 MB mmap threshold, so they reuse memory instead of taking
 # fresh pages (and page faults) at every call.
@@ -76,9 +71,8 @@ def sums_over_last_axis(
       One `[...]` array per array `terms` returns.
     """
     n = inputs[0].shape[-1]
+    full = n - n % BLOCK if n >= _SCALAR_BELOW else 0
     rows = math.prod(inputs[0].shape[:-1])
-    blocked = n >= _SCALAR_BELOW and rows * n >= _SCALAR_TOTAL_BELOW
-    full = n - n % BLOCK if blocked else 0
     chunk = min(full, max(BLOCK, _CHUNK // max(rows, 1) // BLOCK * BLOCK))
     totals = None
     if full:
