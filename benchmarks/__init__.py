@@ -51,16 +51,13 @@ def _version(package: str) -> str | None:
 
 
 def tune_host_allocator() -> str:
-    """Tunes glibc as `python -m jaxguard.train` does (`JAXGUARD_HOST_ALLOCATOR` decides how).
+    """Tunes as `python -m jaxguard.train` does, unless `JAXGUARD_HOST_ALLOCATOR=default`.
 
     Call before the first JAX computation. Returns the label the reports print.
     """
-    applied = host_memory.tune_host_allocator_from_env()
-    return {
-        "tuned": "tuned (jaxguard.host_memory)",
-        "single-arena": "tuned, single arena (jaxguard.host_memory)",
-        "default": "glibc defaults",
-    }[applied]
+    if host_memory.tune_host_allocator_from_env():
+        return "tuned (jaxguard.host_memory: heap reuse, synchronous CPU dispatch)"
+    return "glibc defaults, asynchronous CPU dispatch"
 
 
 def environment(host_allocator: str) -> dict:

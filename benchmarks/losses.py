@@ -3,7 +3,7 @@
     python -m benchmarks.losses                  # full run, a few minutes on 2 cores
     python -m benchmarks.losses --quick          # 3 sizes, 2 field sizes, 5 repeats
     python -m benchmarks.losses --sizes 1e3,1e7 --fields 256 --repeats 20
-    python -m benchmarks.losses --settings glibc,tuned,single-arena,hugetlb,fast-math
+    python -m benchmarks.losses --settings glibc,tuned,hugetlb,fast-math
 
 Kernels, each forward and forward+gradient with respect to the predictions:
 
@@ -69,7 +69,6 @@ _TUNED = {"JAXGUARD_HOST_ALLOCATOR": "tuned"}
 SETTINGS = {
     "glibc": _GLIBC,
     "tuned": _TUNED,
-    "single-arena": {"JAXGUARD_HOST_ALLOCATOR": "single-arena"},
     "hugetlb": {**_GLIBC, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     "fast-math": {**_TUNED, "XLA_FLAGS": "--xla_cpu_enable_fast_math=true"},
 }

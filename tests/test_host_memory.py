@@ -1,7 +1,8 @@
-"""The host allocator settings: glibc really serves large blocks from its heap afterwards.
+"""The host memory settings: XLA's large outputs come from glibc's heap once tuned.
 
-Each check runs in a fresh interpreter, so the test process keeps glibc's defaults.
-`mallinfo2()` (glibc >= 2.33) reports the bytes held in mmap-ed blocks (`hblkhd`).
+Each check runs in a fresh interpreter (the settings must precede the first JAX
+computation, and the test process keeps glibc's and JAX's defaults). `mallinfo2()`
+(glibc >= 2.33) reports the bytes glibc holds in mmap-ed blocks (`hblkhd`).
 """
 
 import json
@@ -20,11 +21,12 @@ pytestmark = pytest.mark.skipif(
     platform.libc_ver()[0] != "glibc", reason="the settings are glibc's"
 )
 
-# Allocates a block of argv[2] MB in the main thread and in a new thread, and reports for each
-# how many more bytes glibc holds in mmap-ed blocks while the block is alive.
+# Tunes as argv[1] says, then reports how many more bytes glibc holds in mmap-ed blocks
+# while three 100 MB outputs of a jitted computation are alive, and whether dispatch is
+# async. (By default most such outputs are mapped afresh; now and then one is not.)
 _PROBE = textwrap.dedent(
     """
-    import ctypes, json, sys, threading
+    import ctypes, json, sys
     from jaxguard import host_memory
 
     class Info(ctypes.Structure):
@@ -34,76 +36,70 @@ _PROBE = textwrap.dedent(
 
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = Info
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = (ctypes.c_size_t,)
-    libc.free.argtypes = (ctypes.c_void_p,)
     tuned = {"tune": host_memory.tune_host_allocator,
-             "single": lambda: host_memory.tune_host_allocator(single_arena=True),
              "env": host_memory.tune_host_allocator_from_env,
              "none": lambda: False}[sys.argv[1]]()
-    mapped = {}
-
-    def probe(where):
-        before = libc.mallinfo2().hblkhd
-        block = libc.malloc(int(sys.argv[2]) << 20)
-        mapped[where] = libc.mallinfo2().hblkhd - before
-        libc.free(block)
-
-    probe("main")
-    thread = threading.Thread(target=probe, args=("thread",))
-    thread.start()
-    thread.join()
-    print(json.dumps({"tuned": tuned, **mapped}))
+    import jax, jax.numpy as jnp
+    x = jnp.zeros(25 << 20, jnp.float32)  # 100 MB
+    negate = jax.jit(jnp.negative)
+    negate(x).block_until_ready()  # compiled; its output freed
+    before = libc.mallinfo2().hblkhd
+    outputs = [negate(x).block_until_ready() for _ in range(3)]
+    mapped = libc.mallinfo2().hblkhd - before
+    asynchronous = jax.config.read("jax_cpu_enable_async_dispatch")
+    print(json.dumps({"tuned": tuned, "mapped": mapped, "async": asynchronous}))
     """
 )
 
 
-def _probe(mode: str, megabytes: int, **env: str) -> dict:
+def _probe(mode: str, **env: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode, str(megabytes)],
+        [sys.executable, "-c", _PROBE, mode],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
         check=True,
     )
     return json.loads(result.stdout)
 
 
-def test_glibc_defaults_map_large_blocks():
-    # The baseline the settings change: a 48 MB block is its own mmap in every thread.
-    mapped = _probe("none", 48)
-    assert not mapped["tuned"]
-    assert mapped["main"] >= 48 << 20 and mapped["thread"] >= 48 << 20
+def test_by_default_a_large_output_is_mapped_afresh():
+    # The baseline the settings change.
+    probe = _probe("none")
+    assert probe["async"] and probe["mapped"] >= 100 << 20
 
 
-def test_tuned_blocks_come_from_the_heap():
-    # Up to 64 MB a thread's own arena holds the block too; above, only the main heap.
-    assert _probe("tune", 48) == {"tuned": True, "main": 0, "thread": 0}
-    large = _probe("tune", 100)
-    assert large["main"] == 0 and large["thread"] >= 100 << 20
+def test_tuned_outputs_reuse_the_heap():
+    assert _probe("tune") == {"tuned": True, "mapped": 0, "async": False}
 
 
-def test_single_arena_serves_large_blocks_in_every_thread():
-    assert _probe("single", 100) == {"tuned": True, "main": 0, "thread": 0}
-
-
-def test_env_chooses_the_setting():
-    assert _probe("env", 48, **{host_memory.ENV_VAR: "tuned"})["tuned"] == "tuned"
-    assert _probe("env", 100, **{host_memory.ENV_VAR: "single-arena"}) == {
-        "tuned": "single-arena", "main": 0, "thread": 0
-    }  # fmt: skip
-    untouched = _probe("env", 48, **{host_memory.ENV_VAR: "default"})
-    assert untouched["tuned"] == "default" and untouched["main"] >= 48 << 20
+def test_env_tunes_unless_told_not_to():
+    assert _probe("env", **{host_memory.ENV_VAR: "tuned"})["mapped"] == 0
+    untouched = _probe("env", **{host_memory.ENV_VAR: "default"})
+    assert not untouched["tuned"] and untouched["async"] and untouched["mapped"] >= 100 << 20
 
 
 def test_env_rejects_an_unknown_choice(monkeypatch):
     monkeypatch.setenv(host_memory.ENV_VAR, "fast")
-    with pytest.raises(ConfigError, match="JAXGUARD_HOST_ALLOCATOR='fast'.*single-arena"):
+    with pytest.raises(ConfigError, match="JAXGUARD_HOST_ALLOCATOR='fast'.*tuned"):
         host_memory.tune_host_allocator_from_env()
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch):
     monkeypatch.setattr(host_memory, "_glibc", lambda: None)
     assert host_memory.tune_host_allocator() is False
-    monkeypatch.setenv(host_memory.ENV_VAR, "tuned")
-    assert host_memory.tune_host_allocator_from_env() == "default"
+
+
+def test_tuning_after_the_first_computation_warns():
+    code = (
+        "import jax.numpy as jnp; jnp.ones(3).block_until_ready();"
+        "from jaxguard import host_memory; host_memory.tune_host_allocator()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        check=True,
+    )
+    assert "called after the first JAX computation" in result.stderr
