@@ -47,8 +47,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxguard import png
 from jaxguard.config import ConfigError
-from jaxguard.tasks.pointer import coords, png
+from jaxguard.tasks.pointer import coords
 
 SPLITS = ("train", "val", "test")
 

@@ -6,8 +6,8 @@ import zlib
 import numpy as np
 import pytest
 
+from jaxguard import png
 from jaxguard.png import encode_png
-from jaxguard.tasks.pointer import png
 
 
 def _paeth(a: int, b: int, c: int) -> int:

@@ -10,8 +10,8 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from jaxguard import config as config_lib
-from jaxguard import trainer
-from jaxguard.tasks.pointer import coords, png, render, task
+from jaxguard import png, trainer
+from jaxguard.tasks.pointer import coords, render, task
 from jaxguard.writers import Console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
