@@ -50,7 +50,11 @@ import os
 import warnings
 
 import jax
-from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
+
+try:  # No public equivalent; only used to warn about a call that comes too late.
+    from jax._src.xla_bridge import backends_are_initialized as _backends_are_initialized
+except ImportError:  # pragma: no cover - a JAX that moved it: skip the warning
+    _backends_are_initialized = lambda: False  # noqa: E731
 
 from jaxguard.config import ConfigError
 
@@ -89,7 +93,7 @@ def tune_host_allocator() -> bool:
     libc.mallopt.restype = ctypes.c_int
     settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (_M_TRIM_THRESHOLD, _NEVER_TRIM))
     accepted = all([libc.mallopt(parameter, value) == 1 for parameter, value in settings])
-    if xla_bridge.backends_are_initialized():
+    if _backends_are_initialized():
         warnings.warn(
             "jaxguard.host_memory.tune_host_allocator() was called after the first JAX "
             "computation: CPU dispatch stays asynchronous, so buffers above 64 MB are still "
