@@ -26,10 +26,10 @@ Measured on a 2-core machine (2026-11, medians; `value_and_grad` of
 | | glibc, async dispatch | glibc thresholds only | tuned (both) |
 |---|---|---|---|
 | 1e3 elements | 20 us | 22 us | 20 us |
-| 1e7 elements (40 MB gradient) | 24 ms | 9.6-12 ms | 8.8 ms |
+| 1e7 elements (40 MB gradient) | 24 ms | 9.6-12 ms | 8.8-9.9 ms |
 | 5e7 elements (200 MB gradient) | 93 ms | 98 ms | 38 ms |
-| cvae train step | 26-27 ms | 26-27 ms | 22-23 ms |
-| pointer train step | 47-52 ms | 30-38 ms | 25-26 ms |
+| cvae train step | 24-27 ms | 26-27 ms | 22-23 ms |
+| pointer train step | 45-52 ms | 30-38 ms | 25-27 ms |
 
 (`M_ARENA_MAX = 1`, one heap shared by all threads, also lets worker threads reuse
 large blocks, but their shared lock made the cVAE step 15% slower; it is not used.)
