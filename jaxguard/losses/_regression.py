@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from jaxguard import _checks
 from jaxguard.losses._sums import sums_over_last_axis
@@ -192,24 +193,37 @@ def _mse_and_variance_penalty_fwd(pred: jax.Array, target: jax.Array):
 
 def _mse_and_variance_penalty_bwd(residuals, cotangents):
     """One fused elementwise pass per input:
-    `g_penalty * scale * ((x - shift) - offset) +- g_mse * 2 (pred - target) / n`."""
+    `g_penalty * scale * ((x - shift) - offset) +- g_mse * 2 (pred - target) / n`.
+
+    A cotangent is a `SymbolicZero` when its output is unused (`variance_penalty` drops
+    the MSE): its term is left out, so the penalty's gradient for `pred` reads `pred` only.
+    """
     pred, target, pred_terms, target_terms = residuals
     mse_cotangent, penalty_cotangent = cotangents
     dtype = pred_terms[0].dtype
-    difference = (2.0 * mse_cotangent / pred.size) * (pred.astype(dtype) - target.astype(dtype))
 
-    def penalty_gradient(x, terms):
+    def gradient(x, terms, sign):
         shift, offset, scale = terms
-        # (x - shift) - offset keeps the deviation's digits when the mean is large.
-        return (penalty_cotangent * scale) * ((x.astype(dtype) - shift) - offset)
+        grad = jnp.zeros(x.shape, dtype)
+        if not isinstance(penalty_cotangent, SymbolicZero):
+            # (x - shift) - offset keeps the deviation's digits when the mean is large.
+            grad = (penalty_cotangent * scale) * ((x.astype(dtype) - shift) - offset)
+        if not isinstance(mse_cotangent, SymbolicZero):
+            mse_scale = sign * 2.0 * mse_cotangent / pred.size
+            grad = grad + mse_scale * (pred.astype(dtype) - target.astype(dtype))
+        return grad.astype(x.dtype)
 
-    return (
-        (penalty_gradient(pred, pred_terms) + difference).astype(pred.dtype),
-        (penalty_gradient(target, target_terms) - difference).astype(target.dtype),
-    )
+    return gradient(pred, pred_terms, 1.0), gradient(target, target_terms, -1.0)
 
 
-_mse_and_variance_penalty.defvjp(_mse_and_variance_penalty_fwd, _mse_and_variance_penalty_bwd)
+def _mse_and_variance_penalty_fwd_rule(pred, target):
+    # With symbolic zeros the forward rule gets `CustomVJPPrimal` wrappers.
+    return _mse_and_variance_penalty_fwd(pred.value, target.value)
+
+
+_mse_and_variance_penalty.defvjp(
+    _mse_and_variance_penalty_fwd_rule, _mse_and_variance_penalty_bwd, symbolic_zeros=True
+)
 
 
 # Compiled once per shape when called eagerly (a few dozen small ops otherwise); inside a

@@ -99,12 +99,7 @@ class Histogram:
     def merge(self, other: Histogram) -> Histogram:
         """The histogram of both value sets (counts add; ranges must match)."""
         check_same_config("Histogram.merge", self, other, "lo", "hi", "bins")
-        return self.replace(
-            counts=self.counts + other.counts,
-            underflow=self.underflow + other.underflow,
-            overflow=self.overflow + other.overflow,
-            nonfinite=self.nonfinite + other.nonfinite,
-        )
+        return jax.tree.map(jnp.add, self, other)
 
     def edges(self) -> np.ndarray:
         """The `[bins + 1]` float64 bin edges."""

@@ -193,19 +193,31 @@ def _assert_close_to_float64(got, expected, rtol):
         assert error < rtol
 
 
+def _gamma_data(rng):
+    """Optical-depth-like: gamma targets, under-spread predictions."""
+    target = rng.gamma(2.0, 0.45, _LARGE) + 0.15
+    return 0.6 * target + rng.normal(0, 0.1, _LARGE), target
+
+
+def _offset_data(rng):
+    """A mean 1e5 times the spread: E[x^2] - E[x]^2 loses every digit here in float32."""
+    return rng.normal(1e4, 0.08, _LARGE), rng.normal(1e4, 0.1, _LARGE)
+
+
+def _near_perfect_offset_data(rng):
+    """Near-perfect predictions on a large mean: the MSE is 1e-10 of mean**2."""
+    target = rng.normal(1e4, 0.1, _LARGE)
+    return target + rng.normal(0, 0.01, _LARGE), target
+
+
+def _heavy_tailed_data(rng):
+    """Heavy tails with outliers at 1e3 standard deviations."""
+    return rng.standard_t(2, _LARGE), 1e3 * rng.standard_cauchy(_LARGE) % 1e4
+
+
 @pytest.mark.parametrize(
     "make_data",
-    [
-        # Optical-depth-like: gamma targets, under-spread predictions.
-        lambda rng: (
-            0.6 * (t := rng.gamma(2.0, 0.45, _LARGE) + 0.15) + rng.normal(0, 0.1, _LARGE),
-            t,
-        ),
-        # A mean 1e5 times the spread: E[x^2] - E[x]^2 loses every digit here in float32.
-        lambda rng: (rng.normal(1e4, 0.08, _LARGE), rng.normal(1e4, 0.1, _LARGE)),
-        # Heavy tails with outliers at 1e3 standard deviations.
-        lambda rng: (rng.standard_t(2, _LARGE), 1e3 * rng.standard_cauchy(_LARGE) % 1e4),
-    ],
+    [_gamma_data, _offset_data, _heavy_tailed_data],
     ids=["gamma", "offset", "heavy_tails"],
 )
 def test_variance_penalty_matches_float64_at_a_million_elements(rng, make_data):
@@ -304,15 +316,7 @@ def _preserving64(pred, target, weight=0.5):
 
 @pytest.mark.parametrize(
     "make_data",
-    [
-        lambda rng: (
-            0.6 * (t := rng.gamma(2.0, 0.45, _LARGE) + 0.15) + rng.normal(0, 0.1, _LARGE),
-            t,
-        ),
-        # Near-perfect predictions on a large mean: the MSE is 1e-10 of mean**2.
-        lambda rng: ((t := rng.normal(1e4, 0.1, _LARGE)) + rng.normal(0, 0.01, _LARGE), t),
-        lambda rng: (rng.standard_t(2, _LARGE), 1e3 * rng.standard_cauchy(_LARGE) % 1e4),
-    ],
+    [_gamma_data, _near_perfect_offset_data, _heavy_tailed_data],
     ids=["gamma", "offset", "heavy_tails"],
 )
 def test_variance_preserving_mse_matches_float64_at_a_million_elements(rng, make_data):

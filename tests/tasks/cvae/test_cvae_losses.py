@@ -188,15 +188,19 @@ def _outputs(mean, prior_mean, target, pred=None):
     }, {"x": jnp.asarray(target), "coarse_target": jnp.asarray(np.zeros((batch, 2, 2), np.float32))}
 
 
-def test_active_units_count_posterior_means_that_vary(rng):
-    metrics = task.CVAEMetrics.empty(
+def _empty_metrics(d_z):
+    return task.CVAEMetrics.empty(
         threshold=THRESHOLD,
-        d_z=4,
+        d_z=d_z,
         factor=4,
         lambda_base=1.0,
         lambda_ext=5.0,
         activity_threshold=0.01,
     )
+
+
+def test_active_units_count_posterior_means_that_vary(rng):
+    metrics = _empty_metrics(d_z=4)
     mean = np.zeros((40, 4), np.float32)
     mean[:, 0] = rng.normal(0.0, 1.0, 40)  # active
     mean[:, 1] = rng.normal(0.0, 0.2, 40)  # variance 0.04: active
@@ -221,14 +225,7 @@ def test_active_units_count_posterior_means_that_vary(rng):
 
 
 def test_reconstruction_loss_tail_bias_and_peak_ratio_match_numpy(rng):
-    metrics = task.CVAEMetrics.empty(
-        threshold=THRESHOLD,
-        d_z=2,
-        factor=4,
-        lambda_base=1.0,
-        lambda_ext=5.0,
-        activity_threshold=0.01,
-    )
+    metrics = _empty_metrics(d_z=2)
     target = rng.gamma(0.6, 4.0, size=(12, 8, 8)).astype(np.float32)
     target = np.minimum(target, 40.0)
     target[3, :2, :2] = 90.0
