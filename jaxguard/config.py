@@ -176,7 +176,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> config_dict.ConfigD
     path, variant = resolve_config_path(spec)
     config = _build_config(path, variant)
     schema = {
-        key: field for key, field in _field_types(base.get_config()).items()
+        key: field
+        for key, field in _field_types(base.get_config()).items()
         if not _is_task_owned(key)
     }
     _conform_to_schema(config, path, schema)
@@ -236,8 +237,7 @@ def _error_text(error: Exception) -> str:
 def _config_line(error: Exception, path: Path) -> str:
     """` line N (source)` of the innermost frame of `error` in the config file, or ''."""
     frames = [
-        frame for frame in traceback.extract_tb(error.__traceback__)
-        if frame.filename == str(path)
+        frame for frame in traceback.extract_tb(error.__traceback__) if frame.filename == str(path)
     ]
     if not frames:
         return ""
@@ -308,9 +308,7 @@ def _conform_to_schema(
     a float, so the key takes float overrides and downstream code sees one type.
     """
     leaves = {
-        key: (section, name)
-        for key, section, name in _leaves(config)
-        if not _is_task_owned(key)
+        key: (section, name) for key, section, name in _leaves(config) if not _is_task_owned(key)
     }
     unknown = [key for key in leaves if key not in schema]
     if unknown:
@@ -372,7 +370,7 @@ def _split_override(override: str) -> tuple[str, str]:
     text = override
     for prefix in _OVERRIDE_PREFIXES:
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
             break
     key, separator, raw_value = text.partition("=")
     if not separator or not key:
@@ -470,7 +468,9 @@ def parse_cli(
         epilog="Any config key can be overridden: --cfg.optim.lr=3e-4 or --cfg.optim.lr 3e-4.",
     )
     parser.add_argument(
-        "--cfg", required=True, metavar="PATH[:VARIANT]",
+        "--cfg",
+        required=True,
+        metavar="PATH[:VARIANT]",
         help="Config file, configs/NAME.py, or the name of a bundled config, e.g. optical_depth.",
     )
     parser.add_argument(

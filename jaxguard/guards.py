@@ -453,9 +453,7 @@ class EarlyStopping:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        check_state_matches(
-            type(self).__name__, state, monitor=self.monitor.source, mode=self.mode
-        )
+        check_state_matches(type(self).__name__, state, monitor=self.monitor.source, mode=self.mode)
         self._best_value = state["best_value"]
         self._best_epoch = state["best_epoch"]
         self._wait = state["wait"]

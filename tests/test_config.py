@@ -42,7 +42,10 @@ def write_config(folder: Path, name: str, source: str) -> Path:
 def broken_config(tmp_path: Path, *lines: str) -> Path:
     """A valid task config with `lines` added before the return."""
     body = "\n".join(f"    {line}" for line in lines)
-    return write_config(tmp_path, "broken", f"""
+    return write_config(
+        tmp_path,
+        "broken",
+        f"""
 from ml_collections import config_dict
 
 from jaxguard.configs import base
@@ -53,7 +56,8 @@ def get_config():
     config.task = "broken"
 {body}
     return config
-""")
+""",
+    )
 
 
 @pytest.fixture
@@ -369,8 +373,16 @@ def test_flatten_and_save(tiny, tmp_path):
 def test_parse_cli_collects_overrides():
     args, overrides = cfg.parse_cli(
         [
-            "--cfg", "tiny:small", "--cfg.optim.lr=3e-4", "--cfg.train.epochs", "5",
-            "--resume", "--workdir", "out", "--cfg.optim.clip_norm", "-1",
+            "--cfg",
+            "tiny:small",
+            "--cfg.optim.lr=3e-4",
+            "--cfg.train.epochs",
+            "5",
+            "--resume",
+            "--workdir",
+            "out",
+            "--cfg.optim.clip_norm",
+            "-1",
         ]
     )
     assert args.cfg == "tiny:small"

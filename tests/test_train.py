@@ -80,8 +80,13 @@ def test_interrupted_run_resumes_to_the_same_result(finished_run, tmp_path):
 
 def test_collapse_guard_stops_a_constant_model(tmp_path):
     # A zero head kernel and a negligible learning rate: the model predicts its bias.
-    overrides = ["model.head_init_std=0.0", "optim.lr=1e-9", "guard.collapse.start_epoch=0",
-                 "guard.collapse.patience=2", "guard.early_stopping.patience=10"]
+    overrides = [
+        "model.head_init_std=0.0",
+        "optim.lr=1e-9",
+        "guard.collapse.start_epoch=0",
+        "guard.collapse.patience=2",
+        "guard.early_stopping.patience=10",
+    ]
     config = config_lib.load_config(os.path.join(ROOT, SMALL), overrides)
     summary = trainer.train_and_evaluate(config, str(tmp_path / "od"))
     assert summary["stopped_by"]["guard"] == "collapse"
@@ -107,9 +112,18 @@ def test_config_typo_exits_2_with_the_key_named(capsys):
 
 def test_cli_typo_exit_code_without_traceback():
     result = subprocess.run(
-        [sys.executable, "-m", "jaxguard.train", "--cfg", "cfgs/optical_depth.py:small",
-         "--cfg.train.epocs=3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "jaxguard.train",
+            "--cfg",
+            "cfgs/optical_depth.py:small",
+            "--cfg.train.epocs=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "train.epocs" in result.stderr and "Traceback" not in result.stderr
@@ -118,8 +132,12 @@ def test_cli_typo_exit_code_without_traceback():
 def test_nonfinite_guard_stops_after_consecutive_skipped_updates(tmp_path):
     # A learning rate of 1e30 sends the parameters to infinity after one update; every later
     # loss is non-finite, its update is skipped, and the guard stops the run.
-    overrides = ["optim.lr=1e30", "optim.clip_norm=0.0", "guard.nonfinite.max_consecutive=3",
-                 "guard.collapse.enabled=False"]
+    overrides = [
+        "optim.lr=1e30",
+        "optim.clip_norm=0.0",
+        "guard.nonfinite.max_consecutive=3",
+        "guard.collapse.enabled=False",
+    ]
     config = config_lib.load_config(os.path.join(ROOT, SMALL), overrides)
     summary = trainer.train_and_evaluate(config, str(tmp_path / "od"))
     stop = summary["stopped_by"]

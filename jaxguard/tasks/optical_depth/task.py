@@ -267,9 +267,7 @@ def audit(config: ConfigDict, splits) -> dict:
         f"train: {high:.1%} of targets lie above loss.overweight_threshold={threshold:g}; with "
         f"loss.overweight_factor={factor:g} they carry {share:.1%} of the base loss weight"
         + (
-            f" (a factor of {(1.0 - high) / high:.3g} would give them half)"
-            if 0 < high < 1
-            else ""
+            f" (a factor of {(1.0 - high) / high:.3g} would give them half)" if 0 < high < 1 else ""
         ),
         f"train: skew {train['skew']:.2f}, mean {train['mean']:.3f} vs median "
         f"{train['median']:.3f}; {train['at_ceiling']:.1%} of targets sit at the clip value "

@@ -534,9 +534,7 @@ class DoneNeverPredicted:
 
     def __init__(self, patience: int):
         if patience < 1:
-            raise config_lib.ConfigError(
-                f"model.done_guard_patience must be >= 1, got {patience}"
-            )
+            raise config_lib.ConfigError(f"model.done_guard_patience must be >= 1, got {patience}")
         self.patience = patience
         self._streak = 0
 

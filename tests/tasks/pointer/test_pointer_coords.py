@@ -50,8 +50,10 @@ def test_pixel_error_is_the_pointing_metrics_convention(rng):
     pred, target = rng.random((30, 2)), rng.random((30, 2))
     metrics = PointingMetrics.empty(size, bins=4096)
     metrics = metrics.update(
-        jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32),
-        jnp.zeros(30), jnp.zeros(30),
+        jnp.asarray(pred, jnp.float32),
+        jnp.asarray(target, jnp.float32),
+        jnp.zeros(30),
+        jnp.zeros(30),
     )
     errors = coords.pixel_error(pred, target, size)
     by_hand = np.hypot((pred - target)[:, 0] * 64, (pred - target)[:, 1] * 48)
@@ -63,8 +65,9 @@ def test_distance_scale_makes_distances_isotropic():
     size = (100, 400)  # Wider than tall: the longer side is the width.
     scale = coords.distance_scale(size)
     a, b = np.array([0.1, 0.2]), np.array([0.15, 0.6])
-    pixels = np.linalg.norm(coords.normalized_to_pixels(a, size)
-                             - coords.normalized_to_pixels(b, size))
+    pixels = np.linalg.norm(
+        coords.normalized_to_pixels(a, size) - coords.normalized_to_pixels(b, size)
+    )
     np.testing.assert_allclose(np.linalg.norm((a - b) * scale) * 400, pixels)
 
 
@@ -72,9 +75,7 @@ def test_threshold_units_round_trip():
     assert coords.threshold_in_both_units(0.1, "normalized", (384, 384)) == pytest.approx(
         (0.1, 38.4)
     )
-    assert coords.threshold_in_both_units(38.4, "pixels", (384, 384)) == pytest.approx(
-        (0.1, 38.4)
-    )
+    assert coords.threshold_in_both_units(38.4, "pixels", (384, 384)) == pytest.approx((0.1, 38.4))
     # Non-square: units of the longer side.
     assert coords.threshold_in_both_units(30, "pixels", (200, 300)) == pytest.approx((0.1, 30))
     with pytest.raises(ValueError, match="threshold units"):

@@ -10,8 +10,17 @@ from jaxguard.png import write_png
 from jaxguard.tasks.pointer import coords, data
 
 _SMALL = dict(
-    num_train=40, num_val=20, num_test=20, image_size=64, objects_min=3, objects_max=6,
-    object_radius=2.0, noise=0.05, done_fraction=0.25, examples_per_image=1, seed=3,
+    num_train=40,
+    num_val=20,
+    num_test=20,
+    image_size=64,
+    objects_min=3,
+    objects_max=6,
+    object_radius=2.0,
+    noise=0.05,
+    done_fraction=0.25,
+    examples_per_image=1,
+    seed=3,
 )
 
 
@@ -33,7 +42,7 @@ def test_examples_are_consistent_mixed_mode_steps(small_splits):
                 split["target_xy"][i], split["objects"][i, split["num_marked"][i]]
             )
         for i in range(n):
-            assert np.all(split["objects"][i, split["num_objects"][i]:] == 0)
+            assert np.all(split["objects"][i, split["num_objects"][i] :] == 0)
         assert split["image"].shape == (n, 64, 64, 1) and split["image"].dtype == np.uint8
 
 
@@ -68,8 +77,17 @@ def test_generator_is_deterministic_and_the_test_split_independent_of_train_size
 
 def test_default_scenes_hold_about_21_objects_and_3_percent_done():
     splits = data.generate(
-        num_train=120, num_val=100, num_test=1, image_size=384, objects_min=12, objects_max=30,
-        object_radius=6.0, noise=0.05, done_fraction=0.03, examples_per_image=1, seed=0,
+        num_train=120,
+        num_val=100,
+        num_test=1,
+        image_size=384,
+        objects_min=12,
+        objects_max=30,
+        object_radius=6.0,
+        noise=0.05,
+        done_fraction=0.03,
+        examples_per_image=1,
+        seed=0,
     )
     assert 19.5 < splits["train"]["num_objects"].mean() < 22.5
     assert splits["val"]["done"].mean() == pytest.approx(0.03)
@@ -97,8 +115,9 @@ def _write_images(folder, names, size=(20, 30), colour=None):
 
 
 def _load(path, **overrides):
-    settings = dict(val_fraction=0.2, test_fraction=0.2, done_fraction=0.0,
-                    examples_per_image=3, seed=0)
+    settings = dict(
+        val_fraction=0.2, test_fraction=0.2, done_fraction=0.0, examples_per_image=3, seed=0
+    )
     return data.load_folder(str(path), **{**settings, **overrides})
 
 
@@ -138,11 +157,12 @@ def test_colour_images_become_grey(tmp_path):
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"a.png": [[3, 4]], "b.png": [[30, 4]], "c.png": [[1, 1]]},
-         r"image b.png object 0 at \(column 30, row 4\) lies outside the 30 x 20 image"),
+        (
+            {"a.png": [[3, 4]], "b.png": [[30, 4]], "c.png": [[1, 1]]},
+            r"image b.png object 0 at \(column 30, row 4\) lies outside the 30 x 20 image",
+        ),
         ({"a.png": [[3, 4]], "b.png": [], "c.png": [[1, 1]]}, "image b.png has an empty object"),
-        ({"a.png": [[3, 4]], "gone.png": [[1, 1]], "c.png": [[1, 1]]},
-         "image gone.png not found"),
+        ({"a.png": [[3, 4]], "gone.png": [[1, 1]], "c.png": [[1, 1]]}, "image gone.png not found"),
         ({"a.png": [[3, 4]], "c.png": [[1, 1]]}, "2 image.s. listed"),
     ],
 )

@@ -28,18 +28,28 @@ def _filtered_png(image: np.ndarray, filters, color_type: int, depth: int = 8) -
         for i, value in enumerate(raw[r]):
             left = raw[r][i - channels] if i >= channels else 0
             up_left = prior[i - channels] if i >= channels else 0
-            predictor = [0, left, prior[i], (left + prior[i]) // 2,
-                         _paeth(left, prior[i], up_left)][kind]
+            predictor = [
+                0,
+                left,
+                prior[i],
+                (left + prior[i]) // 2,
+                _paeth(left, prior[i], up_left),
+            ][kind]
             out.append((value - predictor) % 256)
         lines.append(bytes([kind, *out]))
 
     def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(
-            ">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"".join(lines))) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(lines)))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_round_trip_through_the_writer(tmp_path, rng):

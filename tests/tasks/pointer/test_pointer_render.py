@@ -77,10 +77,19 @@ def test_example_has_circles_line_marks_and_caption_in_place():
     picture = _example()
     radius = render.circle_radius((64, 64))
     assert picture.shape == (64 + render.caption_height(), 64, 3) and picture.dtype == np.uint8
-    colour = {tuple(int(v) for v in picture[row, column]): (column, row)
-              for row in range(64) for column in range(64)}
-    assert set(colour) == {GREY, render.GREEN, render.RED, render.YELLOW,
-                           render.BLUE, render.MAGENTA}
+    colour = {
+        tuple(int(v) for v in picture[row, column]): (column, row)
+        for row in range(64)
+        for column in range(64)
+    }
+    assert set(colour) == {
+        GREY,
+        render.GREEN,
+        render.RED,
+        render.YELLOW,
+        render.BLUE,
+        render.MAGENTA,
+    }
     # Ground truth at (20, 30): green ring; prediction at (40, 30): red ring; yellow between.
     for column, row in [(20 - radius, 30), (20, 30 - radius), (20, 30 + radius)]:
         assert tuple(picture[row, column]) == render.GREEN

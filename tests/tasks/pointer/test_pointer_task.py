@@ -48,14 +48,18 @@ def test_seed_hinge_matches_a_float64_reference(rng, norm):
 
 def test_seed_hinge_jumps_where_the_continuous_one_does_not():
     tau = 0.1
-    below, above = np.array([[tau - 1e-4, 0.0]], np.float32), np.array([[tau + 1e-4, 0.0]],
-                                                                         np.float32)
+    below, above = (
+        np.array([[tau - 1e-4, 0.0]], np.float32),
+        np.array([[tau + 1e-4, 0.0]], np.float32),
+    )
     zero = np.zeros((1, 2), np.float32)
     jump = task.seed_discontinuous_hinge(above, zero, threshold=tau) - (
-        task.seed_discontinuous_hinge(below, zero, threshold=tau))
+        task.seed_discontinuous_hinge(below, zero, threshold=tau)
+    )
     assert float(jump[0]) == pytest.approx(tau**2, rel=0.05)  # tau^2 -> 2 tau^2
     smooth = losses.distance_hinge(above, zero, threshold=tau) - losses.distance_hinge(
-        below, zero, threshold=tau)
+        below, zero, threshold=tau
+    )
     assert abs(float(smooth[0])) < 1e-4
 
 
@@ -72,8 +76,9 @@ def test_seed_hinge_names_a_bad_argument():
     with pytest.raises(ValueError, match="seed_discontinuous_hinge: `pred` has shape"):
         task.seed_discontinuous_hinge(jnp.zeros((3, 2)), jnp.zeros((4, 2)), threshold=0.1)
     with pytest.raises(ValueError, match="`norm`"):
-        task.seed_discontinuous_hinge(jnp.zeros((3, 2)), jnp.zeros((3, 2)), threshold=0.1,
-                                      norm="l3")
+        task.seed_discontinuous_hinge(
+            jnp.zeros((3, 2)), jnp.zeros((3, 2)), threshold=0.1, norm="l3"
+        )
 
 
 def test_declared_loss_equals_a_float64_re_derivation(small):
@@ -122,10 +127,14 @@ def test_threshold_in_pixels_and_pos_weight_settings(small):
     _, splits = small
     config = _config("loss.threshold=6.4", "loss.threshold_units=pixels")
     lines = task.startup_lines(config, splits)
-    assert any("threshold 0.1 normalised (of the longer side) = 6.4 px on 64 x 64" in line
-               for line in lines)
-    assert task._pos_weight(_config("loss.pos_weight=2.5"), splits) == (2.5, "set in "
-                                                                      "loss.pos_weight")
+    assert any(
+        "threshold 0.1 normalised (of the longer side) = 6.4 px on 64 x 64" in line
+        for line in lines
+    )
+    assert task._pos_weight(_config("loss.pos_weight=2.5"), splits) == (
+        2.5,
+        "set in loss.pos_weight",
+    )
     with pytest.raises(config_lib.ConfigError, match="loss.pos_weight must be 'auto' or a"):
         task.make_loss(_config("loss.pos_weight=lots"), splits, 1)
     with pytest.raises(config_lib.ConfigError, match="loss.spatial must be one of"):
@@ -209,15 +218,21 @@ def _hand_split(done, images, objects):
 
 def test_audit_counts_a_hand_built_dataset():
     splits = {
-        "train": _hand_split([1, 0, 0, 0, 0, 1, 0, 0, 0, 0], [0, 0, 1, 1, 2, 2, 3, 3, 4, 4],
-                             [3] * 10),
+        "train": _hand_split(
+            [1, 0, 0, 0, 0, 1, 0, 0, 0, 0], [0, 0, 1, 1, 2, 2, 3, 3, 4, 4], [3] * 10
+        ),
         "val": _hand_split([0, 0, 0, 1], [7, 8, 9, 9], [2, 4, 6, 6]),
         "test": _hand_split([0, 0, 0], [5, 5, 6], [1, 1, 1]),
     }
     result = task.audit(_config(), splits)
     assert result["train"] == {
-        "examples": 10, "images": 5, "done": 2, "not_done": 8, "done_rate": 0.2,
-        "objects_per_example": 3.0, "balancing_pos_weight": pytest.approx(4.0),
+        "examples": 10,
+        "images": 5,
+        "done": 2,
+        "not_done": 8,
+        "done_rate": 0.2,
+        "objects_per_example": 3.0,
+        "balancing_pos_weight": pytest.approx(4.0),
     }
     assert result["val"]["done"] == 1 and result["val"]["images"] == 3
     assert result["val"]["balancing_pos_weight"] == pytest.approx(3.0)

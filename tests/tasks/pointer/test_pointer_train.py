@@ -16,8 +16,15 @@ from jaxguard.writers import Console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SMALL = os.path.join(ROOT, "configs", "pointer.py:small")
-METRIC_KEYS = ("pixel_error_mean", "pixel_error_median", "pixel_error_p90", "done_precision",
-               "done_recall", "done_f1", "done_prob_std")
+METRIC_KEYS = (
+    "pixel_error_mean",
+    "pixel_error_median",
+    "pixel_error_p90",
+    "done_precision",
+    "done_recall",
+    "done_f1",
+    "done_prob_std",
+)
 
 
 def _events(workdir):
@@ -54,7 +61,8 @@ def test_run_reports_the_pointing_metrics(pointer_run):
     pred = np.stack([table["pred_x"], table["pred_y"]], 1)
     true = np.stack([table["true_x"], table["true_y"]], 1)
     np.testing.assert_allclose(
-        table["pixel_error"][pointing], coords.pixel_error(pred, true, (64, 64))[pointing],
+        table["pixel_error"][pointing],
+        coords.pixel_error(pred, true, (64, 64))[pointing],
         rtol=1e-4,
     )
     assert summary["test"]["pixel_error_mean"] == pytest.approx(
@@ -85,8 +93,12 @@ def test_tensorboard_holds_head_gradients_and_drawn_examples(pointer_run):
 
 def test_done_guard_warns_in_a_run_whose_done_head_never_learns(tmp_path):
     # No done loss and a zero head: every done probability is exactly 0.5, never above it.
-    overrides = ["loss.done_weight=0", "model.head_init_std=0", "model.done_guard_patience=2",
-                 "train.epochs=2"]
+    overrides = [
+        "loss.done_weight=0",
+        "model.head_init_std=0",
+        "model.done_guard_patience=2",
+        "train.epochs=2",
+    ]
     config = config_lib.load_config(SMALL, overrides)
     stream = io.StringIO()
     summary = trainer.train_and_evaluate(
