@@ -4,7 +4,7 @@
     python -m benchmarks.train_step --tasks optical_depth --steps 50
 
 Each task is built exactly as `python -m jaxguard.train --cfg NAME` builds it, with
-the harness's own functions (`jaxguard.trainer._build`, `make_train_step`,
+the harness's own functions (`jaxguard.trainer.build`, `steps.make_train_step`,
 `steps_per_epoch`, `iterate_batches`): same model, optax chain, composite loss and
 donated-state train step. Batches are put on the device before timing, so the
 numbers are the step alone. Reported per task: the first call's compilation time
@@ -28,8 +28,8 @@ import jax
 import numpy as np
 
 import benchmarks
+from jaxguard import batching, tasks, trainer
 from jaxguard import config as config_lib
-from jaxguard import tasks, trainer
 
 
 def _megabytes(nbytes: float | None) -> str:
@@ -55,7 +55,7 @@ def _device_peak() -> int | None:
 
 
 def load_task(name: str):
-    """`(config, task module)` of a task from its bundled config.
+    """`(config, Task)` of a task from its bundled config.
 
     Raises:
       ImportError, SyntaxError, config.ConfigError: the task's module or config is not
@@ -67,16 +67,16 @@ def load_task(name: str):
 def benchmark_task(name: str, config, task, steps: int, warmup: int) -> dict:
     """Builds `name`'s model, loss and train step as the harness does and times the step."""
     splits = task.make_splits(config)
-    run = trainer._build(config, task, splits)
+    run = trainer.build(config, task, splits)
     loss_fn = task.make_loss(config, splits, run.steps_per_epoch)
-    train_step = trainer.make_train_step(run.graphdef, task, loss_fn, run.tx, run.schedule)
-    batch_sharding, replicated = trainer._data_sharding()
+    train_step = steps.make_train_step(run.graphdef, task, loss_fn, run.tx, run.schedule)
+    batch_sharding, replicated = batching.data_sharding()
     batch_size = config.train.batch_size
-    per_epoch = trainer.steps_per_epoch(config, trainer.split_size(splits["train"]))
+    per_epoch = batching.steps_per_epoch(config, batching.split_size(splits["train"]))
     batches = [
         jax.device_put(dict(batch), batch_sharding)
         for batch in itertools.islice(
-            trainer.iterate_batches(splits["train"], batch_size, seed=config.seed, drop_last=True),
+            batching.iterate_batches(splits["train"], batch_size, seed=config.seed, drop_last=True),
             min(per_epoch, steps + warmup + 1),
         )
     ]

@@ -1,7 +1,8 @@
 """The schema every jaxguard run shares: one key per setting, with its default.
 
 Task configs start from `get_config()` here, fill `data`, `model` and `loss`
-with their own keys, and change the shared defaults they need. The loader locks
+with their own keys, add their own guards' sections under `guard` (the names the task
+declares in `Task.guard_names`), and change the shared defaults they need. The loader locks
 the result, so a typo in a variant or an override (`--cfg.optim.lrr=3e-4`) fails
 before anything is compiled, naming the key and the closest valid one.
 
@@ -48,8 +49,7 @@ def get_config() -> config_dict.ConfigDict:
 
     # Evaluation.
     config.eval = config_dict.ConfigDict()
-    config.eval.batch_size = 256
-    config.eval.every_epochs = 1
+    config.eval.batch_size = 256  # Every epoch is evaluated.
 
     # Guards: checks that stop or warn while the run is going.
     config.guard = config_dict.ConfigDict()
@@ -74,6 +74,16 @@ def get_config() -> config_dict.ConfigDict:
     collapse.patience = 3  # Consecutive evaluations below stop_below before the run stops.
     collapse.start_epoch = 1
 
+    # Which epoch's weights are kept as checkpoints/best and tested at the end.
+    best = config.guard.best = config_dict.ConfigDict()
+    best.enabled = True
+    # None: follow guard.early_stopping (its monitor, mode, min_delta and start_epoch; no best
+    # checkpoint when early stopping is off, so the last weights are tested). Set a metric name
+    # or expression to choose the best checkpoint by it, with the two keys below.
+    best.monitor = config_dict.placeholder(str)
+    best.mode = "min"  # min | max; used with best.monitor.
+    best.start_epoch = 0  # Used with best.monitor: earlier evaluations are never the best.
+
     nonfinite = config.guard.nonfinite = config_dict.ConfigDict()
     nonfinite.max_consecutive = 5  # Skipped non-finite updates in a row before the run stops.
 
@@ -84,8 +94,7 @@ def get_config() -> config_dict.ConfigDict:
     config.log.histogram_bins = 20
     config.log.progress = True  # Console progress bar.
 
-    # Checkpoints (orbax): the latest for --resume and the best by the early-stopping monitor.
+    # Checkpoints (orbax), saved every epoch: the latest for --resume and the best (guard.best).
     config.ckpt = config_dict.ConfigDict()
-    config.ckpt.every_epochs = 1
     config.ckpt.keep_latest = 2
     return config

@@ -32,7 +32,6 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxguard import config as config_lib
-from jaxguard import tasks
 
 
 def _format_value(value: Any) -> str:
@@ -60,16 +59,10 @@ def run_audit(config: ConfigDict) -> list[str] | dict:
     """Builds the splits of `config` and returns its task's audit result.
 
     Raises:
-      ConfigError: the task has no `audit` hook, or the config is invalid.
+      ConfigError: the config is invalid.
     """
-    task = tasks.get_task(config.task)
-    hook = getattr(task, "audit", None)
-    if hook is None:
-        raise config_lib.ConfigError(
-            f"task {config.task} has no audit (its module {task.__name__} defines no "
-            "audit(config, splits) hook)"
-        )
-    return hook(config, task.make_splits(config))
+    task = config_lib.task_of(config)
+    return task.audit(config, task.make_splits(config))
 
 
 def main(argv: Sequence[str] | None = None) -> list[str]:

@@ -36,9 +36,24 @@ from typing import NamedTuple, ParamSpec, TypeVar
 from ml_collections import config_dict
 
 import jaxguard.configs
+from jaxguard import tasks
 from jaxguard.configs import base
+from jaxguard.guards import MonitorExpression
 
 TASK_SECTIONS = ("data", "model", "loss")  # Filled freely by each task config; not in the schema.
+# Sections of `guard` every run has; a task config adds its own guards' (Task.guard_names).
+SHARED_GUARDS = ("early_stopping", "collapse", "best", "nonfinite")
+# Keys that moved or went away: a config or override that still uses one gets this line.
+MOVED_KEYS = {
+    "model.collapse_guard": "moved to guard.active_units",
+    "model.volatility_warn_change": "moved to guard.volatility.warn_change",
+    "loss.plateau_guard": "moved to guard.plateau",
+    "loss.majority_guard": "moved to guard.majority_class",
+    "model.head_grad_band": "moved to guard.head_gradient_band.band",
+    "model.done_guard_patience": "moved to guard.done_never_predicted.patience",
+    "eval.every_epochs": "was removed: every epoch is evaluated",
+    "ckpt.every_epochs": "was removed: every epoch is checkpointed",
+}
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 MONITOR_MODES = ("min", "max")
@@ -175,6 +190,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> config_dict.ConfigD
     """
     path, variant = resolve_config_path(spec)
     config = _build_config(path, variant)
+    for key, _, _ in _leaves(config):
+        _reject_moved_key(key, f"config {path} sets {key}")
     schema = {
         key: field
         for key, field in _field_types(base.get_config()).items()
@@ -188,7 +205,37 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> config_dict.ConfigD
     for override in overrides:
         _apply_override(config, override, fields)
     validate(config)
+    task = task_of(config)
+    _check_guard_sections(config, task)
+    task.check_config(config)
     return config
+
+
+def task_of(config: config_dict.ConfigDict) -> tasks.Task:
+    """The `Task` of `config.task`; a ConfigError naming the valid tasks when there is none."""
+    try:
+        return tasks.get_task(config.task)
+    except tasks.UnknownTaskError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _reject_moved_key(key: str, where: str) -> None:
+    for old, news in MOVED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            rest = key[len(old) :]  # A moved section keeps its keys: .enabled stays .enabled.
+            target = f"{news}{rest}" if news.startswith("moved") else news
+            raise ConfigError(f"{where}: {old}{rest} {target}")
+
+
+def _check_guard_sections(config: config_dict.ConfigDict, task: tasks.Task) -> None:
+    """`guard` holds the shared sections and those the task declares, nothing else."""
+    known = [*SHARED_GUARDS, *task.guard_names]
+    for name in config.guard:
+        if name not in known:
+            raise ConfigError(
+                f"unknown guard section guard.{name}{_did_you_mean(name, known)}; task "
+                f"{task.name} has guard sections {', '.join(known)}"
+            )
 
 
 def _build_config(path: Path, variant: str | None) -> config_dict.ConfigDict:
@@ -277,7 +324,11 @@ def _field_types(config: config_dict.ConfigDict) -> dict[str, _Field]:
 
 
 def _is_task_owned(key: str) -> bool:
-    return key.split(".", 1)[0] in TASK_SECTIONS
+    """Task sections, and `guard.<name>.*` of a task's own guards (checked after loading)."""
+    parts = key.split(".")
+    return parts[0] in TASK_SECTIONS or (
+        parts[0] == "guard" and len(parts) > 2 and parts[1] not in SHARED_GUARDS
+    )
 
 
 def _accepts(field: _Field, value: object) -> bool:
@@ -343,6 +394,7 @@ def _apply_override(
 ) -> None:
     key, raw_value = _split_override(override)
     flag = f"--cfg.{key}"
+    _reject_moved_key(key, flag)
     if key not in fields:
         inside = [valid for valid in fields if valid.startswith(f"{key}.")]
         if inside:
@@ -403,14 +455,17 @@ def _require_choice(value: object, key: str, choices: Sequence[str]) -> None:
 
 def validate(config: config_dict.ConfigDict) -> None:
     """Checks the values of the shared settings; raises ConfigError naming the first bad key."""
-    optim, train = config.optim, config.train
-    stop, collapse = config.guard.early_stopping, config.guard.collapse
+    optim, train, log = config.optim, config.train, config.log
+    guard = config.guard
+    stop, collapse, best = guard.early_stopping, guard.collapse, guard.best
     _require(bool(config.task), "task is empty: set it in the task config (base is not a run)")
     _require_choice(optim.optimizer, "optim.optimizer", OPTIMIZERS)
     _require_choice(optim.schedule, "optim.schedule", SCHEDULES)
     _require_choice(stop.mode, "guard.early_stopping.mode", MONITOR_MODES)
+    _require_choice(best.mode, "guard.best.mode", MONITOR_MODES)
     _require(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr!r}")
     for key, value, minimum in (
+        ("seed", config.seed, 0),
         ("optim.clip_norm", optim.clip_norm, 0),
         ("optim.warmup_epochs", optim.warmup_epochs, 0),
         ("train.epochs", train.epochs, 1),
@@ -418,8 +473,28 @@ def validate(config: config_dict.ConfigDict) -> None:
         ("train.steps_per_epoch", train.steps_per_epoch, 0),
         ("eval.batch_size", config.eval.batch_size, 1),
         ("guard.early_stopping.patience", stop.patience, 1),
+        ("guard.early_stopping.min_delta", stop.min_delta, 0),
+        ("guard.early_stopping.start_epoch", stop.start_epoch, 0),
+        ("guard.collapse.patience", collapse.patience, 1),
+        ("guard.collapse.start_epoch", collapse.start_epoch, 0),
+        ("guard.best.start_epoch", best.start_epoch, 0),
+        ("guard.nonfinite.max_consecutive", guard.nonfinite.max_consecutive, 1),
+        ("log.every_steps", log.every_steps, 1),
+        ("log.diagnostics_every_steps", log.diagnostics_every_steps, 1),
+        ("log.histogram_bins", log.histogram_bins, 1),
+        ("ckpt.keep_latest", config.ckpt.keep_latest, 1),
     ):
         _require(value >= minimum, f"{key} must be >= {minimum}, got {value!r}")
+    for key, expression in (
+        ("guard.early_stopping.monitor", stop.monitor),
+        ("guard.collapse.metric", collapse.metric),
+        ("guard.best.monitor", best.monitor),
+    ):
+        if expression is not None:
+            try:
+                MonitorExpression(expression)
+            except ValueError as error:
+                raise ConfigError(f"{key}: {error}") from None
     _require(
         optim.warmup_epochs < train.epochs,
         f"optim.warmup_epochs ({optim.warmup_epochs!r}) must be < train.epochs "

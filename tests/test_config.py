@@ -19,7 +19,7 @@ TINY = """
 
     def get_config(arg=None):
         config = base.get_config()
-        config.task = "tiny"
+        config.task = "toy_task"
         config.data.size = 8
         config.model.features = (4, 2)
         config.model.dropout = config_dict.placeholder(float)
@@ -53,7 +53,7 @@ from jaxguard.configs import base
 
 def get_config():
     config = base.get_config()
-    config.task = "broken"
+    config.task = "toy_task"
 {body}
     return config
 """,
@@ -173,7 +173,7 @@ def test_unknown_variant_names_it(tiny):
 def test_config_without_variants(tmp_path):
     path = broken_config(tmp_path)
     assert "has no variants" in raises_config_error(cfg.load_config, f"{path}:small")
-    assert cfg.load_config(str(path)).task == "broken"
+    assert cfg.load_config(str(path)).task == "toy_task"
 
 
 def test_file_with_unknown_shared_key(tmp_path):
@@ -242,11 +242,12 @@ def test_override_prefixes_and_types(tiny):
 
 def test_override_str_keys_keep_text(tiny):
     config = cfg.load_config(
-        str(tiny), ["workdir=2024", "guard.early_stopping.monitor=loss - 2 * r2", "task='x'"]
+        str(tiny),
+        ["workdir=2024", "guard.early_stopping.monitor=loss - 2 * r2", "guard.best.mode='max'"],
     )
     assert config.workdir == "2024"
     assert config.guard.early_stopping.monitor == "loss - 2 * r2"
-    assert config.task == "x"
+    assert config.guard.best.mode == "max"
 
 
 def test_override_task_owned_keys(tiny):
@@ -414,7 +415,7 @@ def test_cli_overrides_reach_the_config(tiny):
 
 
 def test_exit_on_config_error(tiny, capsys):
-    assert cfg.exit_on_config_error(cfg.load_config, str(tiny)).task == "tiny"
+    assert cfg.exit_on_config_error(cfg.load_config, str(tiny)).task == "toy_task"
     with pytest.raises(SystemExit) as info:
         cfg.exit_on_config_error(cfg.load_config, str(tiny), ["optim.lrr=1"])
     assert info.value.code == 2
@@ -425,3 +426,78 @@ def test_exit_on_config_error(tiny, capsys):
 
 def test_config_error_is_one_line():
     assert str(cfg.ConfigError("bad\nvalue  here\n")) == "bad value here"
+
+
+# ----------------------------------------------------------------------------- moved keys, guards
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "config.model.collapse_guard = config_dict.ConfigDict({'enabled': True})",
+            "sets model.collapse_guard.enabled: model.collapse_guard.enabled moved to "
+            "guard.active_units.enabled",
+        ),
+        ("config.loss.plateau_guard = 3", "loss.plateau_guard moved to guard.plateau"),
+    ],
+)
+def test_a_config_setting_a_moved_key_is_told_where_it_went(tmp_path, line, message):
+    path = broken_config(tmp_path, line)
+    assert message in raises_config_error(cfg.load_config, str(path))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "--cfg.model.head_grad_band=(1e-5, 10.0)",
+            "--cfg.model.head_grad_band: model.head_grad_band moved to "
+            "guard.head_gradient_band.band",
+        ),
+        ("eval.every_epochs=2", "eval.every_epochs was removed: every epoch is evaluated"),
+        ("ckpt.every_epochs=2", "ckpt.every_epochs was removed: every epoch is checkpointed"),
+    ],
+)
+def test_an_override_of_a_moved_key_is_told_where_it_went(tiny, override, message):
+    assert raises_config_error(cfg.load_config, str(tiny), [override]).endswith(message)
+
+
+def test_an_unknown_guard_section_names_the_task_s_sections(tmp_path):
+    path = broken_config(tmp_path, "config.guard.gapp = config_dict.ConfigDict({'ratio': 2.0})")
+    message = raises_config_error(cfg.load_config, str(path))
+    assert message.startswith("unknown guard section guard.gapp (did you mean gap?)")
+    assert "early_stopping, collapse, best, nonfinite, gap" in message
+
+
+def test_a_task_guard_section_takes_overrides_and_the_task_checks_it(tmp_path):
+    path = broken_config(tmp_path, "config.guard.gap = config_dict.ConfigDict({'ratio': 2.0})")
+    assert cfg.load_config(str(path), ["guard.gap.ratio=4"]).guard.gap.ratio == 4.0
+    message = raises_config_error(cfg.load_config, str(path), ["guard.gap.ratio=1"])
+    assert message == "guard.gap.ratio must be > 1, got 1.0"
+    assert "did you mean guard.gap.ratio" in raises_config_error(
+        cfg.load_config, str(path), ["guard.gap.ration=4"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=-1", "seed must be >= 0, got -1"),
+        ("log.every_steps=0", "log.every_steps must be >= 1, got 0"),
+        ("log.diagnostics_every_steps=0", "log.diagnostics_every_steps must be >= 1, got 0"),
+        ("ckpt.keep_latest=0", "ckpt.keep_latest must be >= 1, got 0"),
+        ("guard.nonfinite.max_consecutive=0", "guard.nonfinite.max_consecutive must be >= 1"),
+        ("guard.early_stopping.min_delta=-0.1", "guard.early_stopping.min_delta must be >= 0"),
+        ("guard.best.mode=maximum", "guard.best.mode must be one of min, max, got 'maximum'"),
+        ("guard.early_stopping.monitor=loss +", "guard.early_stopping.monitor: monitor 'loss +'"),
+        ("guard.best.monitor=f(r2)", "guard.best.monitor: monitor 'f(r2)': the call"),
+    ],
+)
+def test_shared_values_are_checked_before_anything_runs(tiny, override, message):
+    assert message in raises_config_error(cfg.load_config, str(tiny), [override])
+
+
+def test_an_unknown_task_is_a_one_line_config_error(tiny):
+    message = raises_config_error(cfg.load_config, str(tiny), ["task=cvea"])
+    assert message.startswith("task: unknown task 'cvea' (did you mean cvae?)")

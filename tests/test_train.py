@@ -169,7 +169,7 @@ def test_compare_marks_the_best_run(finished_run, tmp_path, capsys):
 def test_pretraining_reconstructs_frames_and_stops_on_patience():
     from flax import nnx
 
-    from jaxguard.tasks.optical_depth import task
+    from jaxguard.tasks.optical_depth import TASK as task
 
     config = config_lib.load_config(
         os.path.join(ROOT, SMALL), ["model.pretrain.epochs=3", "model.pretrain.patience=1"]

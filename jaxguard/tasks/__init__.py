@@ -1,50 +1,50 @@
-"""Task definitions: data, model and loss for each jaxguard task.
+"""The task registry: `config.task` name -> the package whose `TASK` the harness runs.
 
-A task is a module that `jaxguard.trainer` calls through these hooks:
-
-Required:
-  EPOCH_LINE: `((label, val metric key), ...)` shown in the per-epoch console line.
-  DIAGNOSTIC_KEYS: metric keys logged for the fixed validation batch (`diag/...`).
-  make_splits(config) -> {"train"|"val"|"test": {name: np.ndarray [N, ...]}}
-  make_model(config, splits, rngs) -> nnx.Module
-  make_loss(config, splits, steps_per_epoch) -> jaxguard.losses.CompositeLoss
-  forward(model, batch) -> dict of model outputs (jittable)
-  loss_inputs(outputs, batch) -> dict of the arrays the loss terms name
-  empty_metrics(config) -> a jaxguard.metrics state; update_metrics(metrics, outputs, batch)
-  head(model) -> the output layer (its weight norm is logged)
-  histograms(outputs, batch) -> {name: array}; prediction_table(outputs, batch) -> {column: [N]}
-  report_lines(config, splits, summary) -> lines of report.txt
-Optional (the default does nothing):
-  startup_lines(config, splits) -> lines printed before training (figures, warnings)
-  make_guards(config, splits) -> {name: guard} beside the shared guards (see trainer._Guards)
-  pretrain(config, model, splits, log) -> summary dict or None
-  images(outputs, batch) -> {name: [H, W, 3] image} for TensorBoard, each epoch
-  collapse_arrays(outputs, batch) -> (pred, target) for the collapse diagnostic dump
-  export(config, workdir, predict, splits) -> lines; `predict(batch)` runs the best model
-
-`TASKS` below is the registry of valid `config.task` names.
+Each package builds one `jaxguard.tasks.contract.Task` and exports it as `TASK`. To add a
+task, copy a task folder and add one line to `TASKS` (docs/adding_a_task.md). A task that
+lives outside jaxguard is named by its module path instead (`config.task = "mylab.tasks.toy"`):
+any importable module that exports a `Task` as `TASK`.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from types import ModuleType
+
+from jaxguard.tasks.contract import Task
 
 TASKS = {
-    "optical_depth": "jaxguard.tasks.optical_depth.task",
-    "cvae": "jaxguard.tasks.cvae.task",
-    "surface": "jaxguard.tasks.surface.task",
-    "pointer": "jaxguard.tasks.pointer.task",
+    "optical_depth": "jaxguard.tasks.optical_depth",
+    "cvae": "jaxguard.tasks.cvae",
+    "surface": "jaxguard.tasks.surface",
+    "pointer": "jaxguard.tasks.pointer",
 }
 
 
-def get_task(name: str) -> ModuleType:
-    """The task module registered as `name`; a one-line error lists the valid names."""
-    if name not in TASKS:
-        from jaxguard.config import ConfigError
+class UnknownTaskError(ValueError):
+    """`config.task` names no registered task and no importable module with a `TASK`."""
 
+
+def get_task(name: str) -> Task:
+    """The `Task` registered as `name`, else the `TASK` of the module named `name`.
+
+    Raises:
+      UnknownTaskError: one line listing the valid names (with the closest one).
+    """
+    try:
+        module = importlib.import_module(TASKS.get(name, name))
+    except ModuleNotFoundError as error:
+        if name in TASKS or error.name != name.split(".")[0]:
+            raise  # The task exists but something it imports is missing: a real error.
         close = difflib.get_close_matches(name, TASKS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"task: unknown task {name!r}{hint}; valid tasks: {', '.join(TASKS)}")
-    return importlib.import_module(TASKS[name])
+        raise UnknownTaskError(
+            f"task: unknown task {name!r}{hint}; valid tasks: {', '.join(TASKS)}, or the path "
+            "of a module that exports TASK"
+        ) from None
+    task = getattr(module, "TASK", None)
+    if not isinstance(task, Task):
+        raise UnknownTaskError(
+            f"task: module {module.__name__} exports no TASK (a jaxguard.tasks.contract.Task)"
+        )
+    return task

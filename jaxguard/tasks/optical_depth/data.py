@@ -45,9 +45,11 @@ from __future__ import annotations
 
 import numbers
 
+import jax.numpy as jnp
 import numpy as np
+from ml_collections import ConfigDict
 
-from jaxguard import _checks
+from jaxguard import _checks, losses
 
 TARGET_MIN = 0.15
 TARGET_MAX = 1.95
@@ -236,3 +238,26 @@ def oracle_r2(split: dict[str, np.ndarray]) -> float:
     if total == 0.0:
         raise ValueError("oracle_r2: `target` is constant, so R^2 is undefined.")
     return float(1.0 - np.sum((target - oracle) ** 2) / total)
+
+
+def make_splits(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
+    """The embedded data, plus per-example loss weights from `loss.overweight_*`."""
+    d = config.data
+    splits = generate(
+        num_train=d.num_train,
+        num_val=d.num_val,
+        num_test=d.num_test,
+        frames=d.frames,
+        image_size=d.image_size,
+        noise=d.noise,
+        seed=config.seed,
+    )
+    for split in splits.values():
+        split["weight"] = np.asarray(
+            losses.overweight_high_targets(
+                jnp.asarray(split["target"]),
+                threshold=config.loss.overweight_threshold,
+                overweight_factor=config.loss.overweight_factor,
+            )
+        )
+    return splits

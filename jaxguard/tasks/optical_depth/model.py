@@ -36,7 +36,9 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from ml_collections import ConfigDict
 
 from jaxguard import _checks
 
@@ -242,3 +244,29 @@ class FrameDecoder(nnx.Module):
         x = jax.image.resize(grid, (n, size, size, self.features), method="bilinear")
         x = self.output(nnx.gelu(self.refine(x)))
         return x.reshape(batch, length, size, size, self.channels)
+
+
+def make_model(config: ConfigDict, splits, rngs: nnx.Rngs) -> OpticalDepthRegressor:
+    m = config.model
+    bias = m.head_bias_init
+    if bias is None:  # Start at the training mean: no epochs spent learning the offset.
+        bias = float(np.mean(splits["train"]["target"]))
+    return OpticalDepthRegressor(
+        frames=config.data.frames,
+        features=m.features,
+        conv_features=tuple(m.conv_features),
+        attention_scales=tuple(m.attention_scales),
+        num_heads=m.num_heads,
+        dropout=m.dropout,
+        head_init_std=m.head_init_std,
+        head_bias_init=bias,
+        rngs=rngs,
+    )
+
+
+def forward(model: OpticalDepthRegressor, batch) -> dict[str, jax.Array]:
+    return {"pred": model(batch["frames"])}
+
+
+def head(model: OpticalDepthRegressor) -> nnx.Module:
+    return model.head

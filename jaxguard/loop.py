@@ -1,0 +1,225 @@
+"""One epoch of a run: train steps with periodic actions, evaluation, guards, checkpoint.
+
+`Run` holds what `jaxguard.trainer.start_run` built and what the loop changes; each function
+here is one stage of `trainer.train_and_evaluate`'s epoch, testable on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from jaxguard import run_outputs
+from jaxguard.batching import epoch_seed, iterate_batches
+from jaxguard.checkpoints import RunCheckpoints
+from jaxguard.guards import BestCheckpoint, Evaluation, GuardCollection, GuardEvent, StepInfo
+from jaxguard.optim import plateau_scale
+from jaxguard.steps import TrainState, evaluate
+from jaxguard.tasks.contract import Task
+from jaxguard.writers import Console, CsvWriter, MultiWriter, format_value
+
+
+class RunStopped(Exception):
+    """Raised inside the loop when a guard stops the run; carries the guard event."""
+
+    def __init__(self, event: GuardEvent):
+        super().__init__(event.message)
+        self.event = event
+
+
+@dataclasses.dataclass
+class Run:
+    """A run in progress: what `start_run` built, and what the loop changes (`state` on)."""
+
+    config: ConfigDict
+    task: Task
+    workdir: str
+    console: Console
+    splits: Any
+    graphdef: Any
+    schedule: optax.Schedule
+    steps_per_epoch: int
+    param_count: int
+    train_step: Callable
+    eval_step: Callable
+    empty_metrics: Any
+    guards: GuardCollection
+    best: BestCheckpoint | None
+    checkpoints: RunCheckpoints
+    writer: MultiWriter
+    epoch_csv: CsvWriter
+    shard: Callable
+    replicated: Any
+    actions: tuple[PeriodicAction, ...]
+    state: TrainState
+    start_epoch: int = 0
+    epoch: int = 0
+    pretrain: dict | None = None
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    train_losses: list[float] = dataclasses.field(default_factory=list)  # This epoch's, logged.
+    stopped_by: GuardEvent | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PeriodicAction:
+    """Work done every `every_steps` training steps (and at each epoch's last step if asked)."""
+
+    name: str
+    every_steps: int
+    at_epoch_end: bool
+    apply: Callable[
+        [Run, int, int, dict[str, jax.Array]], None
+    ]  # (run, epoch, index, measurements)
+
+    def should_trigger(self, step: int, last_in_epoch: bool) -> bool:
+        return step % self.every_steps == 0 or (self.at_epoch_end and last_in_epoch)
+
+
+def periodic_actions(config: ConfigDict, diag_batch) -> tuple[PeriodicAction, ...]:
+    """Logging done between train steps, in this order."""
+    return (
+        PeriodicAction("train_scalars", config.log.every_steps, True, log_train_scalars),
+        PeriodicAction(
+            "diagnostics",
+            config.log.diagnostics_every_steps,
+            False,
+            lambda run, epoch, index, measurements: write_diagnostics(run, diag_batch),
+        ),
+    )
+
+
+def train_epoch(run: Run, epoch: int) -> list[float]:
+    """One epoch of train steps with the periodic actions; returns the losses logged."""
+    run.train_losses = []
+    batches = iterate_batches(
+        run.splits["train"],
+        run.config.train.batch_size,
+        seed=epoch_seed(run.config, epoch),
+        drop_last=True,
+    )
+    steps = run.steps_per_epoch
+    for index, batch in zip(range(steps), batches, strict=False):
+        run.state, measurements = run.train_step(run.state, run.shard(batch))
+        step = int(run.state.step)
+        for action in run.actions:
+            if action.should_trigger(step, index == steps - 1):
+                action.apply(run, epoch, index, measurements)
+    return run.train_losses
+
+
+def log_train_scalars(run: Run, epoch: int, index: int, measurements) -> None:
+    """Train-step measurements to TensorBoard, the step guards, the progress bar."""
+    step = int(run.state.step)
+    scalars = {key: float(value) for key, value in measurements.items()}
+    run.train_losses.append(scalars["loss"])
+    run.writer.write_scalars(step, {f"train/{key}": value for key, value in scalars.items()})
+    for event in run.guards.on_step(StepInfo(step, epoch, scalars)):
+        if event.level == "stop":
+            raise RunStopped(event)
+        run.console.line(f"{event.level}: {event.message}")
+    run.console.progress(epoch, index + 1, run.steps_per_epoch, scalars["loss"])
+
+
+def write_diagnostics(run: Run, batch) -> None:
+    """Validation-batch prediction figures and the output layer's weight norm."""
+    step = int(run.state.step)
+    metrics, outputs, _ = run.eval_step(run.state, run.empty_metrics, run.shard(batch))
+    computed = metrics.compute()
+    scalars = {f"diag/{key}": computed[key] for key in run.task.diagnostic_keys}
+    model = nnx.merge(run.graphdef, run.state.params, run.state.model_state)
+    head = nnx.to_pure_dict(nnx.state(run.task.head(model), nnx.Param))
+    scalars["diag/head_weight_norm"] = float(optax.tree.norm(head))
+    run.writer.write_scalars(step, scalars)
+    run.writer.write_histograms(step, run.task.histograms(jax.tree.map(np.asarray, outputs), batch))
+
+
+def evaluate_epoch(run: Run):
+    """Evaluates the validation split and logs it; returns `(metrics, outputs, batches)`."""
+    config, task = run.config, run.task
+    val, outputs, batches = evaluate(
+        run.eval_step,
+        run.state,
+        run.splits["val"],
+        run.empty_metrics,
+        config.eval.batch_size,
+        run.shard,
+    )
+    # Placed like the rest of the state: an uncommitted array would recompile the step.
+    plateau_value = jax.device_put(jnp.asarray(val["loss"], jnp.float32), run.replicated)
+    run.state = run.state.replace(plateau_value=plateau_value)
+    step = int(run.state.step)
+    run.writer.write_scalars(
+        step, {f"val/{k}": v for k, v in run_outputs.numbers_only(val).items()}
+    )
+    run.writer.write_histograms(step, task.histograms(outputs, batches))
+    run.writer.write_histograms(step, weight_histograms(run.state.params))
+    if task.images is not None:
+        run.writer.write_images(step, task.images(outputs, batches))
+    return val, outputs, batches
+
+
+def consult_guards(run: Run, epoch: int, val: dict, train_losses: list[float]):
+    """Evaluation guards, best checkpoint, history and logs; returns `(is_best, stop event)`."""
+    train_loss = float(np.mean(train_losses)) if train_losses else math.nan
+    metrics = {**val, "train_loss": train_loss}
+    stop = None
+    for event in run.guards.on_evaluation(Evaluation(epoch, metrics)):
+        if event.level == "stop":
+            stop = stop or event
+        else:
+            run.console.line(f"{event.level}: {event.message}")
+    is_best = run.best is not None and run.best.update(epoch, metrics)
+    numbers = run_outputs.numbers_only(val)
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        **{f"val_{k}": v for k, v in numbers.items()},
+    }
+    run.history.append(record)
+    step = int(run.state.step)
+    change = run_outputs.relative_change([h["val_loss"] for h in run.history])
+    if math.isfinite(change):
+        run.writer.write_scalars(step, {"val/loss_change": change})
+    lr = float(run.schedule(step - 1) * plateau_scale(run.state.opt_state))
+    run.epoch_csv.write_scalars(step, {**record, "val_loss_change": change, "lr": lr})
+    run.console.line(epoch_line(run, record, val))
+    return is_best, stop
+
+
+def epoch_line(run: Run, record: dict, val: dict) -> str:
+    parts = [
+        f"epoch {record['epoch']}",
+        f"loss {format_value(record['train_loss'])}",
+        f"val loss {format_value(val['loss'])}",
+    ]
+    parts += [f"{label} {format_value(val[key])}" for label, key in run.task.epoch_line]
+    if run.best is not None and run.best.best_epoch is not None:
+        parts.append(
+            f"best {run.best.monitor.source} {format_value(run.best.best_value)} "
+            f"@ {run.best.best_epoch}"
+        )
+    return " | ".join(parts)
+
+
+def save_checkpoint(run: Run, epoch: int, is_best: bool) -> None:
+    meta = {"epoch": epoch, "history": run.history, "guards": run.guards.state_dict()}
+    meta["best"] = run.best.state_dict() if run.best is not None else None
+    run.checkpoints.save(int(run.state.step), run.state, meta, is_best=is_best)
+    run.writer.flush()
+
+
+def weight_histograms(params: nnx.State) -> dict[str, np.ndarray]:
+    flat = jax.tree.leaves_with_path(nnx.to_pure_dict(params))
+    return {
+        "weights/" + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(value)
+        for path, value in flat
+    }

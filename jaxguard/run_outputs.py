@@ -1,0 +1,95 @@
+"""What a run leaves in its directory besides checkpoints and TensorBoard: files and lines.
+
+`log.csv` rows are appended per epoch by `writers.CsvWriter`; this module trims them on resume,
+writes the end-of-run files (`test_metrics.json`, `predictions.csv`, `report.txt`), the collapse
+dump, and the report lines every task shares.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from jaxguard.guards import GuardEvent, collapse_diagnostics
+from jaxguard.tasks.contract import RunSummary
+
+
+def is_number(value) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer)
+
+
+def numbers_only(values: Mapping[str, object]) -> dict[str, float]:
+    """The numeric entries of `values` as Python floats (arrays such as histograms dropped)."""
+    return {key: float(value) for key, value in values.items() if is_number(value)}
+
+
+def relative_change(values: list[float]) -> float:
+    """`(v[-1] - v[-2]) / |v[-2]|`, NaN with fewer than two values or a zero before.
+
+    Logged as `val/loss_change` each epoch: seed 002's volatile validation loss shows here.
+    """
+    if len(values) < 2 or not values[-2]:
+        return math.nan
+    return (values[-1] - values[-2]) / abs(values[-2])
+
+
+def shared_report_lines(summary: RunSummary) -> list[str]:
+    """The report lines of every run: which weights were tested, why the run ended, how long."""
+    chosen = f" (by {summary.best_monitor})" if summary.best_monitor else " (the last epoch)"
+    lines = [
+        f"best epoch {summary.best_epoch} of {summary.epochs_run} run{chosen}, "
+        f"{summary.train_seconds:.0f} s of training",
+        "stopped by: " + (summary.stopped_by.message if summary.stopped_by else "the epoch budget"),
+    ]
+    return lines
+
+
+def truncate_csv(path: str, *, last_epoch: int) -> None:
+    """Drops rows written after the checkpoint a resumed run restarts from."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    header = lines[0].rstrip("\n").split(",")
+    epoch_col = header.index("epoch")
+    kept = [lines[0]] + [
+        line for line in lines[1:] if float(line.split(",")[epoch_col]) <= last_epoch
+    ]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)  # Atomic: a crash here leaves the old log, never half of it.
+
+
+def dump_collapse(workdir: str, pred: np.ndarray, target: np.ndarray, event: GuardEvent) -> str:
+    """Writes `collapse_diagnostics.json` (figures and the guard's message); returns its path."""
+    figures = collapse_diagnostics(pred, target)
+    figures["message"] = event.message
+    path = os.path.join(workdir, "collapse_diagnostics.json")
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=2)
+    return path
+
+
+def write_outputs(
+    workdir: str, summary: RunSummary, table: Mapping[str, np.ndarray], report: list[str]
+) -> None:
+    """`test_metrics.json` (the summary), `predictions.csv` (the table) and `report.txt`."""
+    with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+        json.dump(summary.as_dict(), f, indent=2, default=float)
+    columns = list(table)
+    rows = np.stack([np.asarray(table[c], np.float64) for c in columns], axis=1)
+    np.savetxt(
+        os.path.join(workdir, "predictions.csv"),
+        rows,
+        delimiter=",",
+        header=",".join(columns),
+        comments="",
+        fmt="%.6g",
+    )
+    with open(os.path.join(workdir, "report.txt"), "w") as f:
+        f.write("\n".join(report) + "\n")

@@ -1,0 +1,95 @@
+"""What the optical-depth task prints and writes: start-up, report, tables, audit."""
+
+from __future__ import annotations
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from jaxguard.tasks.contract import RunSummary
+from jaxguard.tasks.optical_depth import data as data_lib
+
+
+def startup_lines(config: ConfigDict, splits) -> list[str]:
+    target = splits["train"]["target"]
+    return [
+        f"train targets: mean {target.mean():.3f}, std {target.std():.3f}, range "
+        f"[{target.min():.2f}, {target.max():.2f}]; oracle R² on test "
+        f"{data_lib.oracle_r2(splits['test']):.3f}"
+    ]
+
+
+def histograms(outputs, batch) -> dict[str, np.ndarray]:
+    return {"predictions": np.asarray(outputs["pred"]), "targets": np.asarray(batch["target"])}
+
+
+def collapse_arrays(outputs, batch) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(outputs["pred"]), np.asarray(batch["target"])
+
+
+def prediction_table(outputs, batch) -> dict[str, np.ndarray]:
+    return {"true": batch["target"], "predicted": outputs["pred"], "oracle": batch["oracle"]}
+
+
+def report_lines(config: ConfigDict, splits, summary: RunSummary) -> list[str]:
+    test = summary.test
+    oracle = data_lib.oracle_r2(splits["test"])
+    return [
+        f"optical depth, config {config.task} (seed {config.seed}), workdir {summary.workdir}",
+        f"test split: {len(splits['test']['target'])} sequences of {config.data.frames} frames",
+        f"R² {test['r2']:.4f} (oracle {oracle:.4f}, {test['r2'] / oracle:.1%} of it)",
+        f"MAE {test['mae']:.4f}  RMSE {test['rmse']:.4f}  MAPE {test['mape']:.1%}",
+        f"pred std {test['pred_std']:.4f} vs target std {test['target_std']:.4f} "
+        f"(std ratio {test['std_ratio']:.3f}, variance ratio {test['variance_ratio']:.3f})",
+        f"pred spread {test['spread']:.4f} vs target spread {test['target_spread']:.4f}",
+    ]
+
+
+def audit(config: ConfigDict, splits) -> dict:
+    """Target distribution per split, and the loss weight high targets get (`jaxguard.audit`).
+
+    Returns:
+      `{split: figures, ..., "recommendations": [lines]}`. Figures: `count`, `mean`, `std`
+      and `skew` (population moments, ddof 0, as `scipy.stats.skew`), `min`, quantiles
+      `q05` `q25` `median` `q75` `q95`, `max`, `above_threshold` (fraction of targets above
+      `loss.overweight_threshold`) and `at_ceiling` (fraction at the generator's clip value
+      `data.TARGET_MAX`).
+    """
+    threshold, factor = config.loss.overweight_threshold, config.loss.overweight_factor
+    result: dict = {}
+    for name, split in splits.items():
+        target = np.asarray(split["target"], np.float64)
+        centred = target - target.mean()
+        std = float(np.sqrt(np.mean(centred**2)))
+        # A constant target has no skew: 0/0 is reported as NaN, not raised.
+        skew = float(np.mean(centred**3) / std**3) if std > 0 else float("nan")
+        q05, q25, median, q75, q95 = np.quantile(target, [0.05, 0.25, 0.5, 0.75, 0.95])
+        result[name] = {
+            "count": int(target.size),
+            "mean": float(target.mean()),
+            "std": std,
+            "skew": skew,
+            "min": float(target.min()),
+            "q05": float(q05),
+            "q25": float(q25),
+            "median": float(median),
+            "q75": float(q75),
+            "q95": float(q95),
+            "max": float(target.max()),
+            "above_threshold": float(np.mean(target > threshold)),
+            "at_ceiling": float(np.mean(target >= data_lib.TARGET_MAX)),
+        }
+    train = result["train"]
+    high = train["above_threshold"]
+    share = factor * high / (factor * high + 1.0 - high) if high > 0 else 0.0
+    advice = [
+        f"train: {high:.1%} of targets lie above loss.overweight_threshold={threshold:g}; with "
+        f"loss.overweight_factor={factor:g} they carry {share:.1%} of the base loss weight"
+        + (
+            f" (a factor of {(1.0 - high) / high:.3g} would give them half)" if 0 < high < 1 else ""
+        ),
+        f"train: skew {train['skew']:.2f}, mean {train['mean']:.3f} vs median "
+        f"{train['median']:.3f}; {train['at_ceiling']:.1%} of targets sit at the clip value "
+        f"{data_lib.TARGET_MAX:g}",
+    ]
+    result["recommendations"] = advice
+    return result
