@@ -74,6 +74,15 @@ def get_config() -> config_dict.ConfigDict:
     collapse.patience = 3  # Consecutive evaluations below stop_below before the run stops.
     collapse.start_epoch = 1
 
+    spread = config.guard.ensemble_spread = config_dict.ConfigDict()
+    spread.enabled = False  # Generative tasks (cvae) switch it on; the task draws the members.
+    spread.members = 8  # Members drawn per validation example.
+    spread.metric = "spread_skill"  # sqrt((M+1)/M) * member spread / ensemble-mean RMSE (~1).
+    spread.warn_below = 0.5
+    spread.stop_below = 0.3
+    spread.patience = 2  # Consecutive evaluations below stop_below before the run stops.
+    spread.start_epoch = 1
+
     # Which epoch's weights are kept as checkpoints/best and tested at the end.
     best = config.guard.best = config_dict.ConfigDict()
     best.enabled = True

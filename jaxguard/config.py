@@ -42,7 +42,7 @@ from jaxguard.guards import MonitorExpression
 
 TASK_SECTIONS = ("data", "model", "loss")  # Filled freely by each task config; not in the schema.
 # Sections of `guard` every run has; a task config adds its own guards' (Task.guard_names).
-SHARED_GUARDS = ("early_stopping", "collapse", "best", "nonfinite")
+SHARED_GUARDS = ("early_stopping", "collapse", "ensemble_spread", "best", "nonfinite")
 # Keys that moved or went away: a config or override that still uses one gets this line.
 MOVED_KEYS = {
     "model.collapse_guard": "moved to guard.active_units",
@@ -477,6 +477,9 @@ def validate(config: config_dict.ConfigDict) -> None:
         ("guard.early_stopping.start_epoch", stop.start_epoch, 0),
         ("guard.collapse.patience", collapse.patience, 1),
         ("guard.collapse.start_epoch", collapse.start_epoch, 0),
+        ("guard.ensemble_spread.members", guard.ensemble_spread.members, 2),
+        ("guard.ensemble_spread.patience", guard.ensemble_spread.patience, 1),
+        ("guard.ensemble_spread.start_epoch", guard.ensemble_spread.start_epoch, 0),
         ("guard.best.start_epoch", best.start_epoch, 0),
         ("guard.nonfinite.max_consecutive", guard.nonfinite.max_consecutive, 1),
         ("log.every_steps", log.every_steps, 1),
@@ -488,6 +491,7 @@ def validate(config: config_dict.ConfigDict) -> None:
     for key, expression in (
         ("guard.early_stopping.monitor", stop.monitor),
         ("guard.collapse.metric", collapse.metric),
+        ("guard.ensemble_spread.metric", guard.ensemble_spread.metric),
         ("guard.best.monitor", best.monitor),
     ):
         if expression is not None:
@@ -500,11 +504,12 @@ def validate(config: config_dict.ConfigDict) -> None:
         f"optim.warmup_epochs ({optim.warmup_epochs!r}) must be < train.epochs "
         f"({train.epochs!r}), else the warm-up never finishes",
     )
-    _require(
-        collapse.stop_below <= collapse.warn_below,
-        f"guard.collapse.stop_below ({collapse.stop_below!r}) must be <= "
-        f"guard.collapse.warn_below ({collapse.warn_below!r})",
-    )
+    for key, section in (("collapse", collapse), ("ensemble_spread", guard.ensemble_spread)):
+        _require(
+            section.stop_below <= section.warn_below,
+            f"guard.{key}.stop_below ({section.stop_below!r}) must be <= "
+            f"guard.{key}.warn_below ({section.warn_below!r})",
+        )
 
 
 # ----------------------------------------------------------------------------- saving

@@ -8,6 +8,8 @@ state saved with each checkpoint. The harness holds them in a `GuardCollection`.
   expression (``"r2"``, ``"loss - 2 * r2"``), on a target or divergence threshold, or on a NaN.
 * `CollapseGuard` (`guard.collapse`): warns, then stops, when the predictions lose their spread
   (``std_ratio = pred_std / target_std`` near 0), the failure a flat validation loss hides.
+* `EnsembleSpreadGuard` (`guard.ensemble_spread`): the same for the spread of a generative
+  model's ensemble (spread/skill ratio near 0: members near-identical while the truth is not).
 * `NonFiniteGuard` (`guard.nonfinite`): warns when the train step starts skipping non-finite
   updates and stops after too many in a row.
 
@@ -33,5 +35,6 @@ from jaxguard.guards.early_stopping import EarlyStopping as EarlyStopping
 from jaxguard.guards.early_stopping import (
     warmup_vs_early_stopping_warning as warmup_vs_early_stopping_warning,
 )
+from jaxguard.guards.ensemble import EnsembleSpreadGuard as EnsembleSpreadGuard
 from jaxguard.guards.monitor import MonitorExpression as MonitorExpression
 from jaxguard.guards.nonfinite import NonFiniteGuard as NonFiniteGuard

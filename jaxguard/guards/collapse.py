@@ -43,6 +43,11 @@ class CollapseGuard(Guard):
     """
 
     name = "collapse"
+    # Wording of the events; `EnsembleSpreadGuard` words the same rules for ensembles.
+    spread_text = "prediction spread"
+    stop_text = "variance collapse"
+    consequence = "predictions are near-constant"
+    figures = _COLLAPSE_FIGURES
 
     def __init__(
         self,
@@ -87,7 +92,7 @@ class CollapseGuard(Guard):
         """The spread figures present in `metrics`, other than the watched metric itself."""
         parts = [
             f"{label} {format_figure(float(metrics[key]))}"
-            for key, label in _COLLAPSE_FIGURES
+            for key, label in self.figures
             if key in metrics and key not in self.metric.names
         ]
         return f" ({', '.join(parts)})" if parts else ""
@@ -115,9 +120,9 @@ class CollapseGuard(Guard):
             if stretch == 0:
                 return None
             return GuardEvent(
-                "collapse",
+                self.name,
                 "info",
-                f"prediction spread recovered at epoch {epoch}: {name} {format_figure(value)} >= "
+                f"{self.spread_text} recovered at epoch {epoch}: {name} {format_figure(value)} >= "
                 f"{format_figure(self.warn_below)} after {stretch} evaluations below it",
                 epoch,
             )
@@ -133,18 +138,18 @@ class CollapseGuard(Guard):
         if self._below_stop >= self.patience:
             self._stopped_epoch = epoch
             return GuardEvent(
-                "collapse",
+                self.name,
                 "stop",
-                f"variance collapse: {below(self.stop_below)} for {self._below_stop} "
-                f"evaluations{self._figures(metrics)}; predictions are near-constant "
+                f"{self.stop_text}: {below(self.stop_below)} for {self._below_stop} "
+                f"evaluations{self._figures(metrics)}; {self.consequence} "
                 f"(epoch {epoch}, warn_below {format_figure(self.warn_below)})",
                 epoch,
             )
         if (self._below_warn - 1) % self.patience == 0:
             return GuardEvent(
-                "collapse",
+                self.name,
                 "warn",
-                f"low prediction spread at epoch {epoch}: {below(self.warn_below)} for "
+                f"low {self.spread_text} at epoch {epoch}: {below(self.warn_below)} for "
                 f"{self._below_warn} evaluations{self._figures(metrics)}; "
                 f"{self._below_stop} of {self.patience} in a row below "
                 f"{format_figure(self.stop_below)} stop the run",

@@ -8,13 +8,15 @@ from typing import Any
 from jaxguard.guards.base import Evaluation, Guard, GuardEvent, StepInfo
 from jaxguard.guards.collapse import CollapseGuard
 from jaxguard.guards.early_stopping import EarlyStopping
+from jaxguard.guards.ensemble import EnsembleSpreadGuard
 from jaxguard.guards.nonfinite import NonFiniteGuard
 
 
 class GuardCollection:
     """The guards of a run, dispatched in the order given.
 
-    `from_config` fixes that order: the non-finite guard, the collapse guard, the task's guards
+    `from_config` fixes that order: the non-finite guard, the collapse guard, the ensemble-spread
+    guard, the task's guards
     in the order the task lists them, early stopping last (so its stop message comes after the
     figures other guards report for the same evaluation). Every hook runs for every guard, even
     after one of them asked to stop, so each guard's state stays in step with the run.
@@ -41,6 +43,8 @@ class GuardCollection:
         ordered: list[Guard] = [NonFiniteGuard.from_config(guard_config.nonfinite)]
         if collapse.enabled:
             ordered.append(CollapseGuard.from_config(collapse))
+        if guard_config.ensemble_spread.enabled:
+            ordered.append(EnsembleSpreadGuard.from_config(guard_config.ensemble_spread))
         ordered.extend(task_guards)
         if stop.enabled:
             ordered.append(EarlyStopping.from_config(stop))
