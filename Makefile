@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LINT_PATHS := jaxguard tests benchmarks configs
 
 .PHONY: setup run test lint bench clean
 
@@ -18,8 +19,12 @@ setup: $(BIN)/activate
 run: setup
 	$(BIN)/python -m jaxguard.train --cfg cfgs/cvae.py
 
-test: setup
-	$(BIN)/ruff check jaxguard tests benchmarks configs
+# The lint and format checks cover the same paths; `make test` runs both before pytest.
+lint: setup
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+test: lint
 	$(BIN)/python -m pytest
 
 bench: setup

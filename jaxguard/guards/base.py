@@ -16,7 +16,6 @@ Both hooks default to doing nothing, so a guard implements the ones it needs (Li
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -59,14 +58,6 @@ def check_advance(owner: str, name: str, value: Any, last: int | None, stopped: 
             f"{owner}: `{name}` must increase from update to update, got {number} after {last}."
         )
     return number
-
-
-def _check_optional_finite(owner: str, name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        raise ValueError(f"{owner}: `{name}` must be finite or None, got {value}.")
-    return float(value)
 
 
 def check_state_matches(owner: str, state: Mapping[str, Any], **settings: Any) -> None:

@@ -23,6 +23,7 @@ class GuardCollection:
     """
 
     def __init__(self, guards: Sequence[Guard]):
+        guards = tuple(guards)  # A generator would be used up by the checks below.
         names = []
         for guard in guards:
             if not isinstance(guard, Guard):
@@ -34,7 +35,7 @@ class GuardCollection:
             if guard.name in names:
                 raise ValueError(f"GuardCollection: two guards are named {guard.name!r}")
             names.append(guard.name)
-        self.guards = tuple(guards)
+        self.guards = guards
 
     @classmethod
     def from_config(cls, guard_config: Any, task_guards: Iterable[Guard] = ()) -> GuardCollection:
