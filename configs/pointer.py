@@ -12,6 +12,9 @@ jaxguard/tasks/pointer/coords.py); `loss.threshold` is normalised (a fraction of
 the longer image side) or pixels per `loss.threshold_units`, and the run prints
 both at start.
 
+Task guards: `guard.head_gradient_band` (first-epoch gradient norms of the x, y and done
+heads) and `guard.done_never_predicted` (warns when no done example gets p > 0.5).
+
 Variants (`--cfg configs/pointer.py:NAME`):
   seed_loss  the seed's discontinuous L1 hinge (`loss.spatial=seed_hinge`) instead of
              the continuous one; everything else as the default
@@ -54,9 +57,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.model.mark_sigma = 1.0  # Marking dots' std in cells.
     config.model.attention_scale = 100.0  # Multiplies the attention logits (zero-initialised).
     config.model.head_init_std = 0.01
-    # Healthy first-epoch gradient-norm band of each head (measured for this model).
-    config.model.head_grad_band = (1e-5, 100.0)
-    config.model.done_guard_patience = 3  # Evaluations without a done prediction before warning.
 
     # Loss: spatial hinge on pointing steps + done_weight * weighted BCE.
     config.loss = config_dict.ConfigDict()
@@ -83,6 +83,15 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.guard.early_stopping.monitor = "loss"
     config.guard.early_stopping.mode = "min"
     config.guard.early_stopping.patience = 5
+
+    # The task's guards (jaxguard/tasks/pointer/guards.py).
+    band = config.guard.head_gradient_band = config_dict.ConfigDict()
+    band.enabled = True
+    # Healthy first-epoch gradient-norm band of each head (measured for this model).
+    band.band = (1e-5, 100.0)
+    done = config.guard.done_never_predicted = config_dict.ConfigDict()
+    done.enabled = True
+    done.patience = 3  # Evaluations without a done prediction before warning.
 
     config.log.every_steps = 10
     config.log.diagnostics_every_steps = 100

@@ -47,11 +47,38 @@ def distance_hinge(
 def split_distance(
     fn: str, pred: jax.Array, target: jax.Array, threshold: float, norm: str, *, inclusive=False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Checked `(d**2, d, far)` of point pairs for threshold losses, each `[batch]`.
+    """Checked `(d**2, d, far)` of point pairs: the pieces of a threshold distance loss.
 
-    `far` is `d > threshold` (`d >= threshold` when `inclusive`); `d` is exact where
-    `far` and clamped to the threshold elsewhere, so its gradient stays finite at an
-    exact hit. `fn` names the caller in error messages.
+    `d` is the `norm` distance between `pred` and `target`. `far` is `d > threshold`
+    (`d >= threshold` when `inclusive`). `d` is exact where `far` and clamped to the
+    threshold elsewhere, so its gradient stays finite at an exact hit (`d = 0`); a loss
+    built on these pieces reads `d` only in its far branch and `d**2` in its near one.
+    `distance_hinge` is one such loss; the pointer task's reproduction of seed 004's
+    discontinuous hinge is another.
+
+    Args:
+      fn: the caller's name, used in error messages.
+      pred: `[batch, 2]` predicted points `(x, y)`, floating.
+      target: `[batch, 2]` true points, same shape and units.
+      threshold: `tau`, `> 0`, in the units of the points.
+      norm: `"l2"` (Euclidean) or `"l1"` (`|dx| + |dy|`).
+      inclusive: whether `d == threshold` counts as far.
+
+    Returns:
+      `(squared, distance, far)`, each `[batch]`: `d**2`, `d` (clamped where not far) and
+      the boolean far mask.
+
+    Raises:
+      ValueError: naming `fn` and the argument, on a non-floating input, a shape mismatch, a
+        shape other than `[batch, 2]`, a threshold that is not `> 0`, or an unknown norm.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxguard import losses
+      >>> pred, target = jnp.array([[0.3, 0.4], [0.0, 0.05]]), jnp.zeros((2, 2))
+      >>> squared, distance, far = losses.split_distance("demo", pred, target, 0.1, "l2")
+      >>> [round(float(v), 4) for v in distance], far.tolist()
+      ([0.5, 0.1], [True, False])
     """
     _checks.check_floating(fn, pred=pred, target=target)
     _checks.check_same_shape(fn, pred=pred, target=target)

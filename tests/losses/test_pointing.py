@@ -87,3 +87,44 @@ def test_errors():
         losses.distance_hinge(jnp.zeros((3, 2)), jnp.zeros((3, 2)), threshold=0.1, norm="linf")
     with pytest.raises(ValueError, match="`pred` has shape \\(3, 2\\) but `target`"):
         losses.distance_hinge(jnp.zeros((3, 2)), jnp.zeros((4, 2)), threshold=0.1)
+
+
+# ----------------------------------------------------------------------------- split_distance
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_split_distance_matches_numpy(rng, norm):
+    pred = rng.uniform(size=(40, 2)).astype(np.float32)
+    target = rng.uniform(size=(40, 2)).astype(np.float32)
+    delta = pred.astype(np.float64) - target
+    d = np.abs(delta).sum(-1) if norm == "l1" else np.hypot(delta[:, 0], delta[:, 1])
+    squared, distance, far = losses.split_distance("f", pred, target, 0.3, norm)
+    np.testing.assert_array_equal(far, d > 0.3)
+    np.testing.assert_allclose(squared, d**2, rtol=1e-5, atol=1e-7)
+    # Exact where far; clamped to the threshold (L2) or exact (L1) elsewhere.
+    np.testing.assert_allclose(np.asarray(distance)[far], d[far], rtol=1e-5)
+    near = np.where(np.asarray(far), np.nan, 0.3 if norm == "l2" else d)
+    np.testing.assert_allclose(np.asarray(distance)[~far], near[~far], rtol=1e-5)
+
+
+def test_split_distance_inclusive_counts_the_threshold_as_far():
+    pred = jnp.array([[0.25, 0.0], [0.0, 0.1]])
+    target = jnp.zeros((2, 2))
+    _, _, far = losses.split_distance("f", pred, target, 0.25, "l1")
+    _, _, far_inclusive = losses.split_distance("f", pred, target, 0.25, "l1", inclusive=True)
+    assert far.tolist() == [False, False] and far_inclusive.tolist() == [True, False]
+
+
+def test_split_distance_jits_and_names_the_caller():
+    pred = jnp.array([[0.3, 0.4]])
+    jitted = jax.jit(lambda p, t: losses.split_distance("f", p, t, 0.1, "l2"))
+    for got, want in zip(
+        jitted(pred, jnp.zeros_like(pred)),
+        losses.split_distance("f", pred, jnp.zeros_like(pred), 0.1, "l2"),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-6)  # XLA may fuse the square.
+    with pytest.raises(ValueError, match="my_loss: `norm` must be one of"):
+        losses.split_distance("my_loss", pred, pred, 0.1, "linf")
+    with pytest.raises(ValueError, match="my_loss: `pred` has shape"):
+        losses.split_distance("my_loss", pred, jnp.zeros((2, 2)), 0.1, "l2")

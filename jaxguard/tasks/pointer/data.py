@@ -15,17 +15,7 @@ visiting order is a nearest-neighbour tour from the top-left corner (see
 from `0..N` would give a done rate of about `1 / (N + 1)`, 4.5% for 21 objects;
 the seed measured 3% in validation, so the rate is set directly.)
 
-User data (`load_folder`): a CSV or JSON file of per-image object positions,
-with the PNG images in the file's folder (relative paths):
-
-  CSV: a header with the columns `image`, `column`, `row`, then one row per object,
-       an image's rows in visiting order.
-  JSON: `{"image.png": [[column, row], ...], ...}`, each list in visiting order.
-
-Positions are pixels, 0-based, the centre of the top-left pixel at `(0, 0)`. Colour
-images are converted to grey (ITU-R 601 luma, alpha dropped); all images must have
-one size. Images are split into train/val/test by a seeded shuffle, so an image
-never appears in two splits.
+User data (`sources.load_folder`) is turned into the same examples by `make_examples`.
 
 Every split is a dict of arrays with one row per example:
   image       uint8 `[n, H, W, 1]`
@@ -39,15 +29,11 @@ Every split is a dict of arrays with one row per example:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from jaxguard import png
 from jaxguard.config import ConfigError
 from jaxguard.tasks.pointer import coords
 
@@ -58,7 +44,6 @@ _BACKGROUND = 0.1
 _INTENSITY_RANGE = (0.55, 1.0)
 _RADIUS_JITTER = (0.75, 1.25)  # Each disc's radius is object_radius times a factor in this range.
 _SEPARATION_RADII = 3.0  # Minimum centre distance between objects, in object radii.
-_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 # ----------------------------------------------------------------------------- examples
@@ -219,22 +204,17 @@ def generate(
     Splits come from independent child streams of `seed`, so the test split does not
     change with `num_train` or `num_val`.
     """
-    for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-        if value < 1:
-            raise ConfigError(f"data.{name} must be >= 1, got {value}")
-    if not 1 <= objects_min <= objects_max:
-        raise ConfigError(
-            f"data.objects_min ({objects_min}) and data.objects_max ({objects_max}) must "
-            "satisfy 1 <= objects_min <= objects_max"
-        )
-    # Discs at least 3 radii apart need about (3 r)^2 pixels each; keep room to spare.
-    free_area = (image_size - 2 * _RADIUS_JITTER[1] * object_radius - 2) ** 2
-    if objects_max * (_SEPARATION_RADII * object_radius) ** 2 > 0.35 * free_area:
-        raise ConfigError(
-            f"data.objects_max={objects_max} discs of radius {object_radius} px do not fit "
-            f"{_SEPARATION_RADII:g} radii apart in a {image_size} x {image_size} image"
-        )
-    _check_example_settings(done_fraction, examples_per_image)
+    check_generator_settings(
+        num_train=num_train,
+        num_val=num_val,
+        num_test=num_test,
+        image_size=image_size,
+        objects_min=objects_min,
+        objects_max=objects_max,
+        object_radius=object_radius,
+        noise=noise,
+    )
+    check_example_settings(done_fraction, examples_per_image)
     streams = np.random.SeedSequence(seed).spawn(len(SPLITS))
     splits = {}
     for name, n, stream in zip(SPLITS, (num_train, num_val, num_test), streams, strict=True):
@@ -259,163 +239,44 @@ def generate(
     return splits
 
 
-def _check_example_settings(done_fraction: float, examples_per_image: int) -> None:
+def check_generator_settings(
+    *,
+    num_train: int,
+    num_val: int,
+    num_test: int,
+    image_size: int,
+    objects_min: int,
+    objects_max: int,
+    object_radius: float,
+    noise: float,
+) -> None:
+    """Raises a ConfigError naming the first `data.*` key the generator cannot work with."""
+    for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+        if value < 1:
+            raise ConfigError(f"data.{name} must be >= 1, got {value}")
+    if image_size < 1:
+        raise ConfigError(f"data.image_size must be >= 1, got {image_size}")
+    if not object_radius > 0:
+        raise ConfigError(f"data.object_radius must be > 0, got {object_radius}")
+    if not noise >= 0:
+        raise ConfigError(f"data.noise must be >= 0, got {noise}")
+    if not 1 <= objects_min <= objects_max:
+        raise ConfigError(
+            f"data.objects_min ({objects_min}) and data.objects_max ({objects_max}) must "
+            "satisfy 1 <= objects_min <= objects_max"
+        )
+    # Discs at least 3 radii apart need about (3 r)^2 pixels each; keep room to spare.
+    free_area = (image_size - 2 * _RADIUS_JITTER[1] * object_radius - 2) ** 2
+    if objects_max * (_SEPARATION_RADII * object_radius) ** 2 > 0.35 * free_area:
+        raise ConfigError(
+            f"data.objects_max={objects_max} discs of radius {object_radius} px do not fit "
+            f"{_SEPARATION_RADII:g} radii apart in a {image_size} x {image_size} image"
+        )
+
+
+def check_example_settings(done_fraction: float, examples_per_image: int) -> None:
+    """Raises a ConfigError naming `data.done_fraction` or `data.examples_per_image` if bad."""
     if not 0.0 <= done_fraction <= 1.0:
         raise ConfigError(f"data.done_fraction must lie in [0, 1], got {done_fraction}")
     if examples_per_image < 1:
         raise ConfigError(f"data.examples_per_image must be >= 1, got {examples_per_image}")
-
-
-# ----------------------------------------------------------------------------- user data
-
-
-def _read_coordinates(path: str) -> dict[str, list[tuple[float, float]]]:
-    """`{image file: [(column, row), ...]}` in file order, from a CSV or JSON file."""
-    if path.endswith(".json"):
-        with open(path) as f:
-            try:
-                table = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"data.source {path}: not valid JSON ({error})") from None
-        if not isinstance(table, dict):
-            raise ConfigError(
-                f'data.source {path}: expected {{"image.png": [[column, row], ...]}}, got a '
-                f"{type(table).__name__}"
-            )
-        result = {}
-        for image, points in table.items():
-            if not isinstance(points, list) or any(
-                not isinstance(p, list | tuple) or len(p) != 2 for p in points
-            ):
-                raise ConfigError(
-                    f"data.source {path}: image {image}: expected a list of [column, row] pairs"
-                )
-            result[image] = [(float(c), float(r)) for c, r in points]
-        return result
-    if path.endswith(".csv"):
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"image", "column", "row"} - set(reader.fieldnames or ())
-            if missing:
-                raise ConfigError(
-                    f"data.source {path}: the header lacks column(s) {', '.join(sorted(missing))} "
-                    "(expected image,column,row)"
-                )
-            result: dict[str, list[tuple[float, float]]] = {}
-            for line, record in enumerate(reader, start=2):
-                points = result.setdefault(record["image"], [])
-                if not record["column"] and not record["row"]:
-                    continue  # An image listed without objects; reported as empty below.
-                try:
-                    points.append((float(record["column"]), float(record["row"])))
-                except ValueError:
-                    raise ConfigError(
-                        f"data.source {path} line {line}: column/row {record['column']!r}, "
-                        f"{record['row']!r} are not numbers"
-                    ) from None
-        return result
-    raise ConfigError(f"data.source {path}: expected a .csv or .json file of object positions")
-
-
-def _grey(pixels: np.ndarray) -> np.ndarray:
-    """`[H, W, C]` uint8 -> `[H, W]` uint8 (luma for colour, alpha dropped)."""
-    if pixels.shape[2] <= 2:
-        return pixels[..., 0]
-    return np.clip(np.round(pixels[..., :3] @ _LUMA), 0, 255).astype(np.uint8)
-
-
-def source_image_size(source: str) -> tuple[int, int]:
-    """`(height, width)` of the user images listed in `source` (read from the first one)."""
-    first = sorted(_read_coordinates(source))[0]
-    return png.read_size(os.path.join(os.path.dirname(os.path.abspath(source)), first))
-
-
-def load_folder(
-    source: str,
-    *,
-    val_fraction: float,
-    test_fraction: float,
-    done_fraction: float,
-    examples_per_image: int,
-    seed: int,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Splits built from user images and their object positions (see the module docstring).
-
-    Raises:
-      ConfigError: a missing file or image, coordinates outside their image or not finite,
-        an image without objects, images of different sizes, or too few images to split.
-    """
-    if not os.path.isfile(source):
-        raise ConfigError(f"data.source {source}: no such file")
-    _check_example_settings(done_fraction, examples_per_image)
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError(
-            f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must "
-            "be in (0, 1) with a sum below 1"
-        )
-    table = _read_coordinates(source)
-    if len(table) < 3:
-        raise ConfigError(
-            f"data.source {source}: {len(table)} image(s) listed; train, val and test need at "
-            "least one each"
-        )
-    folder = os.path.dirname(os.path.abspath(source))
-    names = sorted(table)
-    images, objects, size = [], [], None
-    for name in names:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise ConfigError(f"data.source {source}: image {name} not found (looked for {path})")
-        try:
-            pixels = _grey(png.read_png(path))
-        except png.PngError as error:
-            raise ConfigError(f"data.source {source}: {error}") from None
-        if size is None:
-            size, first = pixels.shape, name
-        elif pixels.shape != size:
-            raise ConfigError(
-                f"data.source {source}: images must share one size; {first} is {size[1]} x "
-                f"{size[0]} (width x height), {name} is {pixels.shape[1]} x {pixels.shape[0]}"
-            )
-        points = np.array(table[name], np.float64).reshape(-1, 2)
-        if len(points) == 0:
-            raise ConfigError(f"data.source {source}: image {name} has an empty object list")
-        xy = coords.pixels_to_normalized(points, size)
-        outside = ~np.all(np.isfinite(xy) & (xy >= 0.0) & (xy <= 1.0), axis=1)
-        if outside.any():
-            i = int(np.flatnonzero(outside)[0])
-            raise ConfigError(
-                f"data.source {source}: image {name} object {i} at (column {points[i, 0]:g}, row "
-                f"{points[i, 1]:g}) lies outside the {size[1]} x {size[0]} image (columns and "
-                f"rows run from -0.5 to {size[1] - 0.5:g} and {size[0] - 0.5:g})"
-            )
-        images.append(pixels)
-        objects.append(xy.astype(np.float32))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(names))
-    n_val = max(1, int(round(val_fraction * len(names))))
-    n_test = max(1, int(round(test_fraction * len(names))))
-    if n_val + n_test >= len(names):
-        raise ConfigError(
-            f"data.source {source}: {len(names)} images leave none for training with "
-            f"val_fraction {val_fraction} and test_fraction {test_fraction}"
-        )
-    parts = {
-        "test": order[:n_test],
-        "val": order[n_test : n_test + n_val],
-        "train": order[n_test + n_val :],
-    }
-    max_objects = max(len(o) for o in objects)
-    stacked = np.stack(images)
-    return {
-        name: make_examples(
-            rng,
-            stacked[parts[name]],
-            [objects[i] for i in parts[name]],
-            done_fraction=done_fraction,
-            examples_per_image=examples_per_image,
-            max_objects=max_objects,
-            image_ids=parts[name],
-        )
-        for name in SPLITS
-    }

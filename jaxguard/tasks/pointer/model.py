@@ -37,12 +37,14 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from ml_collections import ConfigDict
 
 from jaxguard import _checks
 
 _NAME = "PointerNet"
 _INPUT_CHANNELS = 5  # Image, marked dots, distance to the tour's current point, x grid, y grid.
 _EVIDENCE_CHANNELS = 2  # The done detector sees the image and the marks only.
+HEADS = ("x_head", "y_head", "done_head")  # The output layers, each a top-level module.
 
 
 def cell_centres(size: int) -> jax.Array:
@@ -173,3 +175,27 @@ class PointerNet(nnx.Module):
             "xy": jnp.stack([pred_x, pred_y], axis=-1),
             "done_logit": self.done_head(pooled)[:, 0],
         }
+
+
+def make_model(config: ConfigDict, splits, rngs: nnx.Rngs) -> PointerNet:
+    del splits  # The architecture does not depend on the data.
+    m = config.model
+    return PointerNet(
+        work_size=m.work_size,
+        features=m.features,
+        dilations=tuple(m.dilations),
+        mark_sigma=m.mark_sigma,
+        attention_scale=m.attention_scale,
+        head_init_std=m.head_init_std,
+        rngs=rngs,
+    )
+
+
+def forward(model: PointerNet, batch) -> dict[str, jax.Array]:
+    """The model's outputs plus `done_prob`, the sigmoid of the done logit."""
+    outputs = model(batch["image"], batch["objects"], batch["num_marked"])
+    return {**outputs, "done_prob": jax.nn.sigmoid(outputs["done_logit"])}
+
+
+def head(model: PointerNet) -> nnx.Module:
+    return model.done_head

@@ -1,4 +1,4 @@
-"""End-to-end runs of the pointer task with the `small` variant."""
+"""The pointer package as the harness sees it: its `TASK` and end-to-end `small` runs."""
 
 import io
 import json
@@ -11,7 +11,21 @@ from tensorboardX.proto import event_pb2
 
 from jaxguard import config as config_lib
 from jaxguard import png, trainer
-from jaxguard.tasks.pointer import coords, render, task
+from jaxguard.tasks import get_task
+from jaxguard.tasks.contract import Task
+from jaxguard.tasks.pointer import (
+    TASK,
+    checks,
+    coords,
+    guards,
+    loss,
+    metrics,
+    model,
+    render,
+    report,
+    splits,
+)
+from jaxguard.tasks.pointer.report import NUM_IMAGES
 from jaxguard.writers import Console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -25,6 +39,48 @@ METRIC_KEYS = (
     "done_f1",
     "done_prob_std",
 )
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+def test_the_registry_returns_the_package_s_task():
+    assert isinstance(TASK, Task) and get_task("pointer") is TASK and TASK.name == "pointer"
+
+
+def test_hooks_come_from_the_modules_by_concern():
+    assert TASK.check_config is checks.check_config
+    assert TASK.make_splits is splits.make_splits
+    assert (TASK.make_model, TASK.forward, TASK.head) == (
+        model.make_model,
+        model.forward,
+        model.head,
+    )
+    assert (TASK.make_loss, TASK.loss_inputs) == (loss.make_loss, loss.loss_inputs)
+    assert (TASK.empty_metrics, TASK.update_metrics) == (
+        metrics.empty_metrics,
+        metrics.update_metrics,
+    )
+    assert TASK.make_guards is guards.make_guards
+    for hook in ("histograms", "prediction_table", "report_lines", "audit", "startup_lines"):
+        assert getattr(TASK, hook) is getattr(report, hook)
+    assert TASK.images is report.images
+    assert TASK.pretrain is None and TASK.collapse_arrays is None and TASK.export is None
+
+
+def test_guard_sections_of_the_config_are_the_task_s(load_small):
+    config = load_small()
+    assert TASK.guard_names == ("head_gradient_band", "done_never_predicted")
+    assert set(TASK.guard_names) <= set(config.guard)
+
+
+def test_epoch_line_and_diagnostics_read_computed_metrics(load_small):
+    computed = set(metrics.empty_metrics(load_small()).compute())
+    assert {key for _, key in TASK.epoch_line} <= computed
+    assert set(TASK.diagnostic_keys) <= computed
+
+
+# ----------------------------------------------------------------------------- end-to-end runs
 
 
 def _events(workdir):
@@ -80,7 +136,7 @@ def test_tensorboard_holds_head_gradients_and_drawn_examples(pointer_run):
     tags = {value.tag for _, value in values}
     assert {"train/grad_norm/x_head", "train/grad_norm/y_head", "train/grad_norm/done_head"} <= tags
     images = [(step, v) for step, v in values if v.tag.startswith("val_examples/")]
-    assert len(images) == min(task.NUM_IMAGES, config.data.num_val) * config.train.epochs
+    assert len(images) == min(NUM_IMAGES, config.data.num_val) * config.train.epochs
     first = images[0][1].image
     path = os.path.join(workdir, "example.png")
     with open(path, "wb") as f:
@@ -96,7 +152,7 @@ def test_done_guard_warns_in_a_run_whose_done_head_never_learns(tmp_path):
     overrides = [
         "loss.done_weight=0",
         "model.head_init_std=0",
-        "model.done_guard_patience=2",
+        "guard.done_never_predicted.patience=2",
         "train.epochs=2",
     ]
     config = config_lib.load_config(SMALL, overrides)

@@ -1,0 +1,197 @@
+"""The pointer task's guards, each with its section under `guard`.
+
+* `HeadGradientBand` (`guard.head_gradient_band`): checks the first epoch's gradient norm of
+  the x, y and done heads against `band`.
+* `DoneNeverPredicted` (`guard.done_never_predicted`): warns when no done validation example
+  gets a done probability above 0.5 for `patience` evaluations in a row.
+
+Both sections have `enabled` (default True).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from jaxguard.config import ConfigError
+from jaxguard.guards import Evaluation, Guard, GuardEvent, StepInfo
+from jaxguard.metrics import DONE_THRESHOLD
+from jaxguard.tasks.pointer.model import HEADS
+
+
+def check_band(band: Any) -> tuple[float, float]:
+    """`guard.head_gradient_band.band` as `(low, high)`; a ConfigError unless 0 <= low < high."""
+    try:
+        low, high = (float(v) for v in band)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not 0 <= low < high:
+        raise ConfigError(
+            f"guard.head_gradient_band.band must be (low, high) with 0 <= low < high, got {band}"
+        )
+    return low, high
+
+
+def check_patience(patience: Any) -> int:
+    """`guard.done_never_predicted.patience`; a ConfigError unless it is >= 1."""
+    if not patience >= 1:
+        raise ConfigError(f"guard.done_never_predicted.patience must be >= 1, got {patience}")
+    return patience
+
+
+class HeadGradientBand(Guard):
+    """Checks the first epoch's gradient norm of each head against a healthy band.
+
+    `update_step` (every logging step of epoch 0) reads `grad_norm/<head>` from the
+    train-step measurements and warns the first time a head leaves `[low, high]`;
+    `update` after the first evaluation reports each head's median and range over the
+    epoch ("info" when every measurement was inside the band, else "warn"). The band is
+    model-specific: the seed's 50-200 was for its own network; measure a healthy run
+    of yours and set `guard.head_gradient_band.band` around it.
+    """
+
+    name = "head_gradient_band"
+
+    def __init__(self, heads: tuple[str, ...], band: tuple[float, float]):
+        self.heads = heads
+        self.low, self.high = check_band(band)
+        self._norms: dict[str, list[float]] = {h: [] for h in heads}
+        self._warned: list[str] = []
+        self._reported = False
+
+    def _inside(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    def on_step(self, info: StepInfo) -> GuardEvent | None:
+        return self.update_step(info.step, info.epoch, info.scalars)
+
+    def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
+        return self.update(evaluation.epoch, evaluation.metrics)
+
+    def update_step(self, step: int, epoch: int, scalars: Mapping[str, float]) -> GuardEvent | None:
+        """Records the heads' gradient norms of one logging step of epoch 0."""
+        if epoch > 0:
+            return None
+        outside = []
+        for name in self.heads:
+            value = float(scalars[f"grad_norm/{name}"])
+            self._norms[name].append(value)
+            if not self._inside(value) and name not in self._warned:
+                self._warned.append(name)
+                outside.append(f"{name} {value:.3g}")
+        if not outside:
+            return None
+        return GuardEvent(
+            self.name,
+            "warn",
+            f"step {step}: head gradient norm outside the healthy band [{self.low:g}, "
+            f"{self.high:g}]: {', '.join(outside)} (far below: the head barely learns; far "
+            "above: the loss or the learning rate is too large)",
+            step=step,
+        )
+
+    def update(self, epoch: int, metrics: Mapping[str, float]) -> GuardEvent | None:
+        """After the first evaluation: each head's median and range over epoch 0."""
+        del metrics  # This guard reads the train steps only.
+        if epoch > 0 or self._reported or not self._norms[self.heads[0]]:
+            return None
+        self._reported = True
+        parts, outside, measured = [], 0, 0
+        for name in self.heads:
+            values = self._norms[name]
+            measured += len(values)
+            outside += sum(not self._inside(v) for v in values)
+            parts.append(
+                f"{name} median {statistics.median(values):.3g} "
+                f"({min(values):.3g}-{max(values):.3g})"
+            )
+        verdict = "all inside" if outside == 0 else f"{outside} of {measured} outside"
+        return GuardEvent(
+            self.name,
+            "info" if outside == 0 else "warn",
+            f"epoch 0 head gradient norms: {'; '.join(parts)}; band [{self.low:g}, "
+            f"{self.high:g}]: {verdict}",
+            epoch=epoch,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"norms": self._norms, "warned": self._warned, "reported": self._reported}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._norms = {name: list(values) for name, values in state["norms"].items()}
+        self._warned = list(state["warned"])
+        self._reported = state["reported"]
+
+
+class DoneNeverPredicted(Guard):
+    """Warns when no done validation example gets a done probability above 0.5.
+
+    After each evaluation: if the validation split has done examples and the highest
+    done probability among them (`done_prob_max_positive`) is at most 0.5, the streak
+    grows, else it restarts. From `patience` evaluations in a row on, every evaluation
+    warns with the figures (the seed's model sat at done probabilities of 0.00-0.57
+    for a whole run). Evaluations without done examples leave the streak unchanged.
+    """
+
+    name = "done_never_predicted"
+    METRICS = (
+        "done_prob_max_positive",
+        "done_true_rate",
+        "count",
+        "done_prob_mean",
+        "done_prob_std",
+    )
+
+    def __init__(self, patience: int):
+        self.patience = check_patience(patience)
+        self._streak = 0
+
+    def check_metrics(self, available: Iterable[str]) -> None:
+        missing = [name for name in self.METRICS if name not in set(available)]
+        if missing:
+            raise ValueError(f"needs the validation metrics {', '.join(missing)}")
+
+    def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
+        return self.update(evaluation.epoch, evaluation.metrics)
+
+    def update(self, epoch: int, metrics: Mapping[str, float]) -> GuardEvent | None:
+        """Counts the evaluation into the streak; warns from `patience` in a row on."""
+        highest = metrics["done_prob_max_positive"]
+        if math.isnan(highest):
+            return None
+        self._streak = self._streak + 1 if highest <= DONE_THRESHOLD else 0
+        if self._streak < self.patience:
+            return None
+        positives = round(metrics["done_true_rate"] * metrics["count"])
+        return GuardEvent(
+            self.name,
+            "warn",
+            f"done never predicted: for {self._streak} evaluations in a row none of the "
+            f"{positives} done validation examples got a done probability above "
+            f"{DONE_THRESHOLD} (highest {highest:.3f}; all examples: mean "
+            f"{metrics['done_prob_mean']:.3f}, std {metrics['done_prob_std']:.3f}); raise "
+            "loss.pos_weight or loss.done_weight, or check the done labels",
+            epoch=epoch,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"patience": self.patience, "streak": self._streak}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._streak = state["streak"]
+
+
+def make_guards(config: ConfigDict, splits) -> list[Guard]:
+    """The enabled guards of `guard.head_gradient_band` and `guard.done_never_predicted`."""
+    del splits  # The guards read metrics and train-step measurements only.
+    band, done = config.guard.head_gradient_band, config.guard.done_never_predicted
+    guards: list[Guard] = []
+    if band.enabled:
+        guards.append(HeadGradientBand(HEADS, tuple(band.band)))
+    if done.enabled:
+        guards.append(DoneNeverPredicted(done.patience))
+    return guards
