@@ -21,6 +21,9 @@ max pool; a bottleneck block with `F * 2**L` channels and dropout; a decoder tha
 upsamples with a 2x2x2 stride-2 transposed convolution, concatenates the encoder's
 features of the same level and applies a block; and a 1x1x1 convolution head to one
 channel. Patches must have sides divisible by `2**L`.
+
+The task's hooks: `make_model` builds both parts from `config.model` and `config.data`,
+`forward` runs them on a batch, `head` is the UNet's output layer.
 """
 
 from __future__ import annotations
@@ -29,12 +32,18 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from ml_collections import ConfigDict
+from scipy import special
 
 from jaxguard import _checks
+from jaxguard.tasks.surface.splits import foreground_prior
 
 NORMS = ("group", "batch", "none")
 _NAME = "UNet3D"
+# Arrays that the training-time augmentation transforms together.
+_AUGMENTED = ("volume", "labels", "signed_distance")
 _LECUN_NORMAL = nnx.initializers.lecun_normal()
 
 
@@ -246,3 +255,40 @@ class SurfaceSegmenter(nnx.Module):
 
     def __call__(self, volume: jax.Array) -> jax.Array:
         return self.unet(volume)
+
+
+def make_model(config: ConfigDict, splits, rngs: nnx.Rngs) -> SurfaceSegmenter:
+    """The UNet and the augmentation; the head bias starts at the prior's logit by default."""
+    m, d = config.model, config.data
+    bias = m.head_bias_init
+    if bias is None:  # Start at the prior: no steps spent learning the class balance.
+        bias = float(special.logit(np.clip(foreground_prior(splits), 1e-3, 1 - 1e-3)))
+    unet = UNet3D(
+        initial_filters=m.initial_filters,
+        depth=m.depth,
+        norm=m.norm,
+        norm_groups=m.norm_groups,
+        dropout=m.dropout,
+        head_bias_init=bias,
+        rngs=rngs,
+    )
+    augment = PatchAugment(
+        flips=d.augment_flips,
+        rotations=d.augment_rotations,
+        intensity_jitter=d.intensity_jitter,
+        rngs=rngs.dropout,
+    )
+    return SurfaceSegmenter(unet=unet, augment=augment)
+
+
+def forward(model: SurfaceSegmenter, batch) -> dict[str, jax.Array]:
+    """Logits of the (augmented, in training mode) patches, and the matching labels and maps."""
+    view = model.augment({key: batch[key] for key in _AUGMENTED if key in batch})
+    outputs = {"logits": model(view["volume"])}
+    outputs.update({key: view[key] for key in ("labels", "signed_distance") if key in view})
+    return outputs
+
+
+def head(model: SurfaceSegmenter) -> nnx.Module:
+    """The output layer, whose weight norm the harness logs."""
+    return model.unet.head

@@ -1,4 +1,6 @@
-"""The 3D UNet and the training-time augmentation of the surface task."""
+"""The 3D UNet, the training-time augmentation and the model hooks of the surface task."""
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +9,19 @@ import pytest
 from flax import nnx
 from scipy import ndimage
 
+from jaxguard import config as config_lib
 from jaxguard import losses
-from jaxguard.tasks.surface.model import PatchAugment, SurfaceSegmenter, UNet3D
+from jaxguard.tasks.surface.model import (
+    PatchAugment,
+    SurfaceSegmenter,
+    UNet3D,
+    forward,
+    head,
+    make_model,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+SMALL = os.path.join(ROOT, "configs/surface.py:small")
 
 _SHAPE = (3, 8, 8, 8)
 # Module calls under nnx.jit: one compile each instead of op-by-op dispatch.
@@ -140,3 +153,19 @@ def test_kernel_init_is_lecun_normal_over_the_kernel_fan_in():
     assert kernel.std() == pytest.approx(1 / np.sqrt(27 * 16), rel=0.03)
     assert abs(kernel.mean()) < 3 * kernel.std() / np.sqrt(kernel.size)
     assert np.abs(kernel).max() <= 2 * 1.14 / np.sqrt(27 * 16)
+
+
+def test_make_model_starts_the_head_at_the_training_prior_and_forward_keeps_the_view():
+    config = config_lib.load_config(SMALL)
+    labels = np.zeros((4, 10), np.float32)
+    labels[:, :7] = 1
+    model = make_model(config, {"train": {"labels": labels}}, nnx.Rngs(0, dropout=1))
+    assert head(model) is model.unet.head
+    np.testing.assert_allclose(head(model).bias[...], np.log(0.7 / 0.3), rtol=1e-6)
+    batch = {**_labelled_batch(), "signed_distance": np.ones(_SHAPE, np.float32)}
+    model.eval()  # the view is the batch itself
+    outputs = nnx.jit(forward)(model, batch)
+    assert set(outputs) == {"logits", "labels", "signed_distance"}
+    assert outputs["logits"].shape == _SHAPE
+    np.testing.assert_array_equal(outputs["labels"], batch["labels"])
+    np.testing.assert_array_equal(outputs["signed_distance"], batch["signed_distance"])

@@ -1,4 +1,4 @@
-"""End-to-end run of the surface task (`small` variant) through the harness."""
+"""The surface task as the harness sees it: its `TASK`, and a `small` run end to end."""
 
 import csv
 import glob
@@ -14,12 +14,20 @@ from tensorboardX.proto import event_pb2
 
 from jaxguard import config as config_lib
 from jaxguard import trainer
-from jaxguard.tasks.surface import data as data_lib
-from jaxguard.tasks.surface import task
+from jaxguard.tasks import get_task
+from jaxguard.tasks.surface import TASK
+from jaxguard.tasks.surface import loss as loss_lib
+from jaxguard.tasks.surface import splits as splits_lib
 from jaxguard.writers import Console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SMALL = os.path.join(ROOT, "configs/surface.py:small")
+
+
+def test_the_registry_holds_this_task():
+    assert get_task("surface") is TASK
+    assert TASK.guard_names == ("plateau", "majority_class")
+    assert TASK.export is not None and TASK.make_guards is not None
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +64,8 @@ def test_run_reports_metrics_baseline_and_class_weights(surface_run):
     assert "focal alpha" in console and "all-foreground baseline: dice" in console
     report = open(os.path.join(workdir, "report.txt")).read()
     assert f"test dice {summary['test']['dice']:.4f} (all-foreground baseline" in report
+    # The shared lines come from the harness once; the task adds only its own.
+    assert report.count("best epoch ") == 1 and report.count("stopped by: ") == 1
     with open(os.path.join(workdir, "log.csv")) as f:
         rows = list(csv.DictReader(f))
     assert {"val_dice", "val_cldice", "val_fg_fraction_pred", "train_loss", "lr"} <= set(rows[0])
@@ -66,13 +76,13 @@ def test_learning_rate_and_loss_terms_are_logged_every_step(surface_run):
     steps = config.train.epochs * (config.data.train_patches // config.train.batch_size)
     directory = os.path.join(workdir, "tensorboard")
     assert _scalar_steps(directory, "train/lr") == list(range(1, steps + 1))
-    for name in task.TERM_NAMES:
+    for name in loss_lib.TERM_NAMES:
         assert _scalar_steps(directory, f"train/loss/{name}") == list(range(1, steps + 1))
 
 
 def test_predicted_mask_and_volume_figures_match_a_recount(surface_run):
     config, workdir, _, console = surface_run
-    truths = [mask for _, mask in data_lib.volumes_for(config.data, config.seed)["test"]]
+    truths = [mask for _, mask in splits_lib.volumes_for(config.data, config.seed)["test"]]
     figures = json.load(open(os.path.join(workdir, "volume_metrics.json")))
     assert len(figures["volumes"]) == len(truths)
     for index, (truth, saved) in enumerate(zip(truths, figures["volumes"], strict=True)):
@@ -90,7 +100,7 @@ def test_predicted_mask_and_volume_figures_match_a_recount(surface_run):
 
 def test_prediction_table_holds_per_tile_fractions(surface_run):
     config, workdir, _, _ = surface_run
-    splits = task.make_splits(config)
+    splits = splits_lib.make_splits(config)
     table = np.genfromtxt(os.path.join(workdir, "predictions.csv"), delimiter=",", names=True)
     assert table.dtype.names == ("fg_fraction_true", "fg_fraction_pred", "dice")
     np.testing.assert_allclose(

@@ -14,7 +14,7 @@ import pytest
 from segmentation_references import signed_distance, soft_skeleton
 
 from jaxguard import config as config_lib
-from jaxguard.tasks.surface import task
+from jaxguard.tasks.surface import loss as loss_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SMALL = os.path.join(ROOT, "configs/surface.py:small")
@@ -115,7 +115,7 @@ def _reference_terms(inputs, config, alpha, weights):
 def test_total_is_the_weighted_sum_of_independent_terms(use_class_weights):
     config = _config(f"loss.use_class_weights={use_class_weights}")
     splits = _splits_with_foreground(0.75)
-    loss = task.make_loss(config, splits, steps_per_epoch=1)
+    loss = loss_lib.make_loss(config, splits, steps_per_epoch=1)
     inputs = _case()
     total, logged = _jitted(loss)(inputs)
     weights = (2.0, 2.0 / 3.0) if use_class_weights else None  # 1 / (2 f) for f = 0.25, 0.75
@@ -141,9 +141,9 @@ def test_total_is_the_weighted_sum_of_independent_terms(use_class_weights):
 def test_class_weights_multiply_the_focal_term_voxel_by_voxel():
     splits = _splits_with_foreground(0.75)
     # Only the focal term is compared: leave the others out (and out of the compile).
-    others = [f"loss.{name}_weight=0.0" for name in task.TERM_NAMES if name != "focal"]
-    weighted = _jitted(task.make_loss(_config(*others), splits, 1))
-    plain = _jitted(task.make_loss(_config("loss.use_class_weights=False", *others), splits, 1))
+    others = [f"loss.{name}_weight=0.0" for name in loss_lib.TERM_NAMES if name != "focal"]
+    weighted = _jitted(loss_lib.make_loss(_config(*others), splits, 1))
+    plain = _jitted(loss_lib.make_loss(_config("loss.use_class_weights=False", *others), splits, 1))
     inputs = _case(seed=3)
     # All-foreground labels: every voxel weighs 2/3; all-background: 2.
     for fill, weight in ((1.0, 2.0 / 3.0), (0.0, 2.0)):
@@ -155,15 +155,15 @@ def test_class_weights_multiply_the_focal_term_voxel_by_voxel():
 
 
 def test_alpha_and_class_weights_come_from_the_training_frequencies():
-    alpha, weights = task.focal_settings(_config(), _splits_with_foreground(0.75))
+    alpha, weights = loss_lib.focal_settings(_config(), _splits_with_foreground(0.75))
     assert alpha == pytest.approx(0.25)
     np.testing.assert_allclose(weights, [2.0, 2.0 / 3.0], rtol=1e-6)
     # The seed's 66% foreground: alpha 0.34 and weights 1 / (2 f) = (1.4706, 0.7576).
-    alpha, weights = task.focal_settings(_config(), _splits_with_foreground(0.66, (50, 100)))
+    alpha, weights = loss_lib.focal_settings(_config(), _splits_with_foreground(0.66, (50, 100)))
     assert alpha == pytest.approx(0.34)
     np.testing.assert_allclose(weights, [1 / 0.68, 1 / 1.32], rtol=1e-6)
     # A configured alpha wins; the switch turns the weights off.
-    alpha, weights = task.focal_settings(
+    alpha, weights = loss_lib.focal_settings(
         _config("loss.focal_alpha=0.5", "loss.use_class_weights=False"),
         _splits_with_foreground(0.75),
     )
@@ -172,19 +172,16 @@ def test_alpha_and_class_weights_come_from_the_training_frequencies():
 
 def test_class_weights_need_both_classes():
     with pytest.raises(config_lib.ConfigError, match="no background voxels"):
-        task.focal_settings(_config(), _splits_with_foreground(1.0))
+        loss_lib.focal_settings(_config(), _splits_with_foreground(1.0))
 
 
 def test_zero_weight_leaves_a_term_out():
-    loss = task.make_loss(
+    loss = loss_lib.make_loss(
         _config("loss.cldice_weight=0.0", "loss.connectivity_weight=0.0"),
         _splits_with_foreground(0.5),
         1,
     )
     assert set(loss.terms) == {"dice", "focal", "boundary"}
+    # All weights 0 is refused when the config is loaded, before a loss is built.
     with pytest.raises(config_lib.ConfigError, match="every term weight is 0"):
-        task.make_loss(
-            _config(*(f"loss.{n}_weight=0.0" for n in task.TERM_NAMES)),
-            _splits_with_foreground(0.5),
-            1,
-        )
+        _config(*(f"loss.{n}_weight=0.0" for n in loss_lib.TERM_NAMES))
