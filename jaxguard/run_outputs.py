@@ -27,6 +27,17 @@ def numbers_only(values: Mapping[str, object]) -> dict[str, float]:
     return {key: float(value) for key, value in values.items() if is_number(value)}
 
 
+def json_metrics(values: Mapping[str, object]) -> dict[str, float | list[float]]:
+    """Numbers as floats and arrays (a rank histogram, reliability bins) as lists of floats."""
+    result: dict[str, float | list[float]] = {}
+    for key, value in values.items():
+        if is_number(value):
+            result[key] = float(value)
+        elif isinstance(value, np.ndarray | list | tuple) or hasattr(value, "__array__"):
+            result[key] = [float(v) for v in np.ravel(np.asarray(value))]
+    return result
+
+
 def relative_change(values: list[float]) -> float:
     """`(v[-1] - v[-2]) / |v[-2]|`, NaN with fewer than two values or a zero before.
 

@@ -281,7 +281,7 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
         train_seconds=train_seconds,
         param_count=run.param_count,
         pretrain=run.pretrain,
-        test=run_outputs.numbers_only(test),
+        test=run_outputs.json_metrics(test),
         history=tuple(run.history),
     )
     export_lines = []
@@ -294,7 +294,8 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
     run_outputs.write_outputs(run.workdir, summary, table, report)
     for line in export_lines:
         run.console.line(line)
-    run.writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in summary.test.items()})
+    test_scalars = run_outputs.numbers_only(summary.test)
+    run.writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in test_scalars.items()})
     run.writer.close()
     run.checkpoints.close()
     report_path = os.path.join(run.workdir, "report.txt")

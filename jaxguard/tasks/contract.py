@@ -41,7 +41,8 @@ class RunSummary:
         only its own part).
       param_count: Number of trainable parameters.
       pretrain: What `Task.pretrain` returned, or None.
-      test: Test-split metrics of the tested weights, by unprefixed name.
+      test: Test-split metrics of the tested weights, by unprefixed name: floats, and lists of
+        floats for array metrics (a rank histogram).
       history: One record per epoch: `epoch`, `train_loss` and `val_<metric>` floats.
     """
 
@@ -55,7 +56,7 @@ class RunSummary:
     train_seconds: float
     param_count: int
     pretrain: dict | None
-    test: dict[str, float]
+    test: dict[str, float | list[float]]
     history: tuple[dict[str, float], ...]
 
     def as_dict(self) -> dict[str, Any]:
