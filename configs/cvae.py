@@ -4,7 +4,9 @@ The default is the seed's final setup: `lambda_base * MAE + lambda_ext * extreme
 with lambda_ext 5.0 and no batch-ratio scaling, beta 0.01 reached by a linear
 warm-up, lambda_mass 0.01, early stopping on the generated field's MAE with
 patience longer than the warm-up, lr 1e-4. Only the epoch budget is scaled to the
-CPU: 30 epochs instead of the seed's 100 (the warm-up keeps its 15, patience its 25).
+CPU: 30 epochs instead of the seed's 100 (the warm-up keeps its 15, patience its 25). Beside
+the shared guards, the task's own watch posterior collapse (`guard.active_units`) and the
+epoch-to-epoch volatility of the validation reconstruction loss (`guard.volatility`).
 
     python -m jaxguard.train --cfg cfgs/cvae.py
 
@@ -62,14 +64,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.model.encoder_dropout = 0.1
     config.model.decoder_dropout = 0.1
     config.model.prior = "conditional"  # conditional: learned p(z | y); standard: N(0, I).
-    # Posterior-collapse guard: warns when few latent units are active.
-    config.model.collapse_guard = config_dict.ConfigDict()
-    config.model.collapse_guard.enabled = True
-    config.model.collapse_guard.activity_threshold = 0.01  # Variance of posterior means (Burda).
-    config.model.collapse_guard.min_active_fraction = 0.25  # Warn below this share of d_z.
-    config.model.collapse_guard.start_epoch = 0
-    # Warn when the validation reconstruction loss changes by more than this share in an epoch.
-    config.model.volatility_warn_change = 1.0  # 0 disables.
     # Ensemble drawn at the end of training and by `python -m jaxguard.sample`.
     config.model.sampling = config_dict.ConfigDict()
     config.model.sampling.num_samples = 8  # Members per predictor set.
@@ -101,6 +95,18 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.guard.early_stopping.monitor = "mae_all"  # or mae_tail
     config.guard.early_stopping.mode = "min"
     config.guard.early_stopping.patience = 25
+    # The task's own guards (jaxguard/tasks/cvae/guards.py).
+    # Posterior collapse: warns when few latent units are active, reports when they recover.
+    config.guard.active_units = config_dict.ConfigDict()
+    config.guard.active_units.enabled = True
+    # Variance of posterior means above which a unit is active (Burda); also the metric's.
+    config.guard.active_units.activity_threshold = 0.01
+    config.guard.active_units.min_active_fraction = 0.25  # Warn below this share of d_z.
+    config.guard.active_units.start_epoch = 0
+    # Volatility: warns when the validation reconstruction loss changes by more than this share
+    # from one epoch to the next.
+    config.guard.volatility = config_dict.ConfigDict()
+    config.guard.volatility.warn_change = 1.0  # 0 disables.
 
     config.log.every_steps = 20
     config.log.diagnostics_every_steps = 200

@@ -31,7 +31,7 @@ from flax import nnx
 from jaxguard import config as config_lib
 from jaxguard import trainer
 from jaxguard.tasks.cvae import panel
-from jaxguard.tasks.cvae import task as cvae_task
+from jaxguard.tasks.cvae.splits import extreme_threshold
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
         truth=truth,
         samples=samples,
         indices=indices,
-        threshold=cvae_task.extreme_threshold(config),
+        threshold=extreme_threshold(config),
     )
     description = panel.panel_description(
         indices, predictors.shape[-1], truth is not None, num_samples

@@ -72,7 +72,7 @@ def test_optical_depth_audit_matches_numpy_and_scipy():
 def test_surface_audit_reports_balance_and_the_focal_settings():
     from sklearn.utils.class_weight import compute_class_weight
 
-    from jaxguard.tasks.surface import task as surface
+    from jaxguard.tasks.surface import TASK as surface
 
     config = config_lib.load_config(os.path.join(ROOT, "configs", "surface.py:small"), [])
     shares = {"train": [0.0, 0.5, 1.0, 0.75], "val": [1.0, 1.0], "test": [0.5, 0.625]}
@@ -101,12 +101,13 @@ def test_surface_audit_reports_balance_and_the_focal_settings():
 
 
 def test_cvae_audit_counts_extremes_and_how_often_a_batch_sees_one():
-    from jaxguard.tasks.cvae import task as cvae
+    from jaxguard.tasks.cvae import TASK as cvae
+    from jaxguard.tasks.cvae.splits import extreme_threshold
 
     config = config_lib.load_config(
         os.path.join(ROOT, "configs", "cvae.py:small"), ["train.batch_size=8"]
     )
-    threshold = cvae.extreme_threshold(config)
+    threshold = extreme_threshold(config)
     rng = np.random.default_rng(0)
 
     def days(count, extreme_days):

@@ -1,4 +1,7 @@
-"""Flax NNX conditional VAE for precipitation downscaling.
+"""The cVAE task's model: the Flax NNX conditional VAE and the harness hooks around it.
+
+`make_model` builds it from the config and the training data, `forward` runs a batch through
+it (augmentation included), `head` is its output layer.
 
 `DownscalingCVAE` maps coarse predictors `y` `[batch, h, w, C]` (raw units) and,
 for training, the fine field `x` `[batch, H, W]` (mm/day) to raw outputs; the
@@ -29,9 +32,9 @@ in the model (`latent`, `augment`, `dropout`; the first two fall back to the
 `default` stream of the `nnx.Rngs` the model is built with), so the harness
 checkpoints them.
 
-`Augmentation` is the training-time augmentation of a batch (random flips and
-quarter turns of `x` and `y` together, Gaussian noise on the predictors, mixup
-of pairs of samples); it is the identity in eval mode.
+`model.augment` is the training-time augmentation of a batch (`augment.Augmentation`:
+random flips and quarter turns of `x` and `y` together, Gaussian noise on the predictors,
+mixup of pairs of samples); it is the identity in eval mode.
 """
 
 from __future__ import annotations
@@ -39,11 +42,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from ml_collections import ConfigDict
 
 from jaxguard import _checks
+from jaxguard.tasks.cvae.augment import Augmentation
+from jaxguard.tasks.cvae.splits import raw_splits
 
 _NAME = "DownscalingCVAE"
 PRIORS = ("conditional", "standard")
+# Largest dropout rate of the encoders and the decoder.
+MAX_DROPOUT = 0.999
 # log-variances are squashed into (-_LOGVAR_BOUND, _LOGVAR_BOUND) by a scaled tanh.
 _LOGVAR_BOUND = 8.0
 # Floor of the predictor standard deviations used for standardization.
@@ -57,80 +65,6 @@ class Statistic(nnx.Variable):
 def _bounded_logvar(raw: jax.Array) -> jax.Array:
     # A smooth bound keeps exp(logvar) finite and its gradient nonzero, unlike a hard clip.
     return _LOGVAR_BOUND * jnp.tanh(raw / _LOGVAR_BOUND)
-
-
-class Augmentation(nnx.Module):
-    """Random, label-consistent augmentation of a training batch; identity in eval mode.
-
-    Args:
-      flips: random left-right and up-down flips, each with probability 1/2.
-      rotations: a random quarter turn (0, 90, 180 or 270 degrees); needs square grids.
-      input_noise: std of Gaussian noise added to the predictors, in units of each
-        channel's training std; `>= 0`.
-      mixup_alpha: `Beta(alpha, alpha)` mixing of every sample with another of the
-        batch (fields, predictors and coarse targets alike, so mass stays conserved);
-        0 disables it.
-      predictor_std: the model's `Statistic` `[C]` of predictor training stds (shared,
-        not copied: one buffer per array in the model state).
-      rngs: the `augment` stream (falls back to `default`).
-    """
-
-    def __init__(
-        self,
-        *,
-        flips: bool,
-        rotations: bool,
-        input_noise: float,
-        mixup_alpha: float,
-        predictor_std: Statistic,
-        rngs: nnx.Rngs,
-    ):
-        _checks.check_positive("Augmentation", "input_noise", input_noise, allow_zero=True)
-        _checks.check_positive("Augmentation", "mixup_alpha", mixup_alpha, allow_zero=True)
-        self.flips = flips
-        self.rotations = rotations
-        self.input_noise = input_noise
-        self.mixup_alpha = mixup_alpha
-        self.predictor_std = predictor_std
-        self.deterministic = False
-        self.rngs = rngs["augment"].fork()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.flips or self.rotations or self.input_noise > 0 or self.mixup_alpha > 0)
-
-    def __call__(
-        self, x: jax.Array, y: jax.Array, coarse: jax.Array
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Augments `x` `[B, H, W]`, `y` `[B, h, w, C]` and `coarse` `[B, h, w]` together."""
-        if self.deterministic or not self.active:
-            return x, y, coarse
-        batch = x.shape[0]
-        # All three as [B, rows, cols, channels], so one flip or turn applies to each alike.
-        fields = (x[..., None], y, coarse[..., None])
-        if self.flips:
-            for axis in (1, 2):
-                flip = jax.random.bernoulli(self.rngs(), 0.5, (batch, 1, 1, 1))
-                fields = tuple(jnp.where(flip, jnp.flip(f, axis=axis), f) for f in fields)
-        if self.rotations:
-            turns = jax.random.randint(self.rngs(), (batch, 1, 1, 1), 0, 4)
-            fields = tuple(
-                jnp.select(
-                    [turns == k for k in range(4)], [jnp.rot90(f, k, axes=(1, 2)) for k in range(4)]
-                )
-                for f in fields
-            )
-        if self.input_noise > 0:
-            noise = jax.random.normal(self.rngs(), fields[1].shape)
-            noisy = fields[1] + self.input_noise * self.predictor_std[...] * noise
-            fields = (fields[0], noisy, fields[2])
-        if self.mixup_alpha > 0:
-            share = jax.random.beta(self.rngs(), self.mixup_alpha, self.mixup_alpha, (batch,))
-            share = share[:, None, None, None]
-            partner = jax.random.permutation(self.rngs(), batch)
-            fields = tuple(share * f + (1.0 - share) * f[partner] for f in fields)
-        fine, predictors, coarse_fields = fields
-        return fine[..., 0], predictors, coarse_fields[..., 0]
 
 
 class DownscalingCVAE(nnx.Module):
@@ -183,8 +117,8 @@ class DownscalingCVAE(nnx.Module):
                 f"{_NAME}: `fine_shape` {fine_shape} must be the same whole multiple of "
                 f"`coarse_shape` {coarse_shape[:2]} along both axes."
             )
-        _checks.check_in_range(_NAME, "encoder_dropout", encoder_dropout, 0.0, 0.999)
-        _checks.check_in_range(_NAME, "decoder_dropout", decoder_dropout, 0.0, 0.999)
+        _checks.check_in_range(_NAME, "encoder_dropout", encoder_dropout, 0.0, MAX_DROPOUT)
+        _checks.check_in_range(_NAME, "decoder_dropout", decoder_dropout, 0.0, MAX_DROPOUT)
         _checks.check_positive(_NAME, "output_scale", output_scale)
         if prior not in PRIORS:
             raise ValueError(f"{_NAME}: `prior` must be one of {PRIORS}, got {prior!r}.")
@@ -342,3 +276,52 @@ def _prior_latent(
         return prior_mean
     _checks.check_same_shape(_NAME, latent_noise=latent_noise, prior_mean=prior_mean)
     return prior_mean + jnp.exp(0.5 * prior_logvar) * latent_noise
+
+
+# ----------------------------------------------------------------------------- harness hooks
+
+
+def make_model(config: ConfigDict, splits, rngs: nnx.Rngs) -> DownscalingCVAE:
+    """The model of `config.model` and `config.data.augment`, scaled by the training samples."""
+    m, augment = config.model, config.data.augment
+    train = raw_splits(config)["train"]  # Statistics of the samples, before oversampling.
+    del splits
+    return DownscalingCVAE(
+        fine_shape=tuple(train["x"].shape[1:]),
+        coarse_shape=tuple(train["y"].shape[1:]),
+        base_filters=m.base_filters,
+        d_y=m.d_y,
+        d_z=m.d_z,
+        encoder_dropout=m.encoder_dropout,
+        decoder_dropout=m.decoder_dropout,
+        prior=m.prior,
+        predictor_mean=train["y"].mean(axis=(0, 1, 2)),
+        predictor_std=train["y"].std(axis=(0, 1, 2)),
+        # Why the std and not the mean: the output must reach the tail, not the typical day.
+        output_scale=max(float(train["x"].std()), 1e-3),
+        augmentation={
+            "flips": augment.flips,
+            "rotations": augment.rotations,
+            "input_noise": augment.input_noise,
+            "mixup_alpha": augment.mixup_alpha,
+        },
+        rngs=rngs,
+    )
+
+
+def forward(model: DownscalingCVAE, batch) -> dict[str, jax.Array]:
+    """Model outputs plus the (augmented, in train mode) `target` and `coarse_target`.
+
+    A batch may carry `latent_noise` `[B, d_z]`: `generated` is then decoded from
+    `prior_mean + prior_std * latent_noise`, one ensemble member per row.
+    """
+    x, y, coarse = model.augment(batch["x"], batch["y"], batch["coarse_target"])
+    outputs = model(x, y, batch.get("latent_noise"))
+    outputs["target"] = x
+    outputs["coarse_target"] = coarse
+    return outputs
+
+
+def head(model: DownscalingCVAE) -> nnx.Module:
+    """The output convolution, whose weight norm the harness logs."""
+    return model.head

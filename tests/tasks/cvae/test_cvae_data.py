@@ -1,4 +1,4 @@
-"""The cVAE task's embedded generator, its .npz loader and the split processing."""
+"""The cVAE task's embedded generator and its .npz loader (`jaxguard/tasks/cvae/data.py`)."""
 
 import os
 
@@ -8,10 +8,8 @@ import pytest
 from jaxguard import config as config_lib
 from jaxguard.config import ConfigError
 from jaxguard.tasks.cvae import data as data_lib
-from jaxguard.tasks.cvae import task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-SMALL = os.path.join(ROOT, "configs", "cvae.py:small")
 
 GENERATOR = dict(
     num_train=200,
@@ -143,34 +141,3 @@ def test_missing_file_and_unsupported_formats(tmp_path):
     x, y = _valid_arrays(2)
     with pytest.raises(ConfigError, match="too few"):
         data_lib.load_npz(_write(tmp_path, x=x, y=y), val_fraction=0.4, test_fraction=0.4)
-
-
-def test_source_config_key_loads_the_file(tmp_path):
-    x, y = _valid_arrays(40)
-    x[5, 3, 3] = 99.0
-    path = _write(tmp_path, x=x, y=y)
-    overrides = [f"data.source={path}", "data.extreme_threshold=60.0", "data.oversample_extremes=1"]
-    splits = task.make_splits(config_lib.load_config(SMALL, overrides))
-    assert splits["train"]["x"].shape[1:] == (8, 8)
-    assert splits["train"]["coarse_target"].shape[1:] == (2, 2)
-    np.testing.assert_array_equal(np.flatnonzero(splits["train"]["has_extreme"]), [5])
-    config = config_lib.load_config(SMALL, [f"data.source={path}", "data.extreme_quantile=0.5"])
-    assert task.extreme_threshold(config) == pytest.approx(np.quantile(splits["train"]["x"], 0.5))
-
-
-def test_oversampling_repeats_the_extreme_days():
-    config = config_lib.load_config(SMALL, ["data.oversample_extremes=3"])
-    plain = task.make_splits(config_lib.load_config(SMALL, ["data.oversample_extremes=1"]))["train"]
-    over = task.make_splits(config)["train"]
-    extreme = int(plain["has_extreme"].sum())
-    assert extreme > 0
-    assert len(over["x"]) == len(plain["x"]) + 2 * extreme
-    assert over["has_extreme"].sum() == 3 * extreme
-    np.testing.assert_array_equal(over["x"][: len(plain["x"])], plain["x"])
-
-
-def test_bad_task_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="model.prior must be one of conditional, standard"):
-        task.make_splits(config_lib.load_config(SMALL, ["model.prior=gaussian"]))
-    with pytest.raises(ConfigError, match="oversample_extremes"):
-        task.make_splits(config_lib.load_config(SMALL, ["data.oversample_extremes=0"]))
