@@ -103,3 +103,26 @@ def check_nonnegative_array(fn: str, name: str, array) -> None:
         raise ValueError(
             f"{fn}: `{name}` must be finite and >= 0, got {values[index]} at index {index}."
         )
+
+
+def check_ensemble(
+    fn: str, ensemble: jax.Array, target: jax.Array, *, min_members: int, hint: str = ""
+) -> None:
+    """Fails unless `ensemble` is `[batch, M, *field]` with `M >= min_members`, `target` is
+    `[batch, *field]`, and both are floating. Shared by the losses and `EnsembleMetrics`."""
+    check_floating(fn, ensemble=ensemble, target=target)
+    check_min_rank(fn, "ensemble", ensemble, 2)
+    check_min_rank(fn, "target", target, 1)
+    shape = np.shape(ensemble)
+    members = shape[1]
+    if members < min_members:
+        raise ValueError(
+            f"{fn}: `ensemble` has {members} member(s) on axis 1 (shape {shape}); it needs at "
+            f"least {min_members}{hint}."
+        )
+    member_shape = shape[:1] + shape[2:]
+    if np.shape(target) != member_shape:
+        raise ValueError(
+            f"{fn}: `ensemble` has shape {shape}, so each member is {member_shape}, but "
+            f"`target` has shape {np.shape(target)}; they must be equal (no broadcasting)."
+        )

@@ -17,6 +17,7 @@ from jaxguard.losses._extremes import extreme_mae as extreme_mae
 from jaxguard.losses._extremes import extreme_weighted_mae as extreme_weighted_mae
 from jaxguard.losses._extremes import mass_conservation as mass_conservation
 from jaxguard.losses._pointing import distance_hinge as distance_hinge
+from jaxguard.losses._pointing import split_distance as split_distance
 from jaxguard.losses._regression import absolute_error as absolute_error
 from jaxguard.losses._regression import negative_variance as negative_variance
 from jaxguard.losses._regression import overweight_high_targets as overweight_high_targets
@@ -27,6 +28,9 @@ from jaxguard.losses._regression import variance_penalty as variance_penalty
 from jaxguard.losses._regression import (
     variance_preserving_mse as variance_preserving_mse,
 )
+from jaxguard.losses._scoring import crps_ensemble as crps_ensemble
+from jaxguard.losses._scoring import crps_terms as crps_terms
+from jaxguard.losses._scoring import energy_score as energy_score
 from jaxguard.losses._segmentation import binary_class_weight_map as binary_class_weight_map
 from jaxguard.losses._segmentation import boundary_loss as boundary_loss
 from jaxguard.losses._segmentation import class_weights as class_weights

@@ -14,6 +14,7 @@ from jaxguard.metrics._moments import (
     merge_stacked,
 )
 from jaxguard.metrics._pointing import DONE_THRESHOLD, PointingMetrics
+from jaxguard.metrics._probabilistic import EnsembleMetrics
 from jaxguard.metrics._regression import RegressionMetrics
 from jaxguard.metrics._segmentation import SegmentationMetrics
 
@@ -21,6 +22,7 @@ __all__ = [
     "COUNT_DTYPE",
     "DONE_THRESHOLD",
     "STATE_DTYPE",
+    "EnsembleMetrics",
     "ExtremeMetrics",
     "Histogram",
     "Moments",
