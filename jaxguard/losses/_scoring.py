@@ -64,27 +64,33 @@ def crps_terms(ensemble: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.A
     members = ensemble.shape[1]
     # jnp.abs's derivative at 0 (a member equal to the target) is +1, as in absolute_error.
     member_error = jnp.mean(jnp.abs(ensemble - jnp.expand_dims(target, 1)), axis=1)
-    ordered = jnp.sort(ensemble, axis=1)
-    # Why: the coefficients are a step function of the values (zero derivative); computed from
-    # a stopped copy so autodiff sees `sum(coefficient * x)` and returns `coefficient`.
-    frozen = lax.stop_gradient(ordered)
+    # Why: the coefficients are a step function of the values (zero derivative), so they are
+    # computed from a stopped copy and autodiff sees `sum(coefficient * x)`: the gradient is
+    # `coefficient`, and no sort is differentiated (the sort JVP sorts an unsharded iota
+    # beside the operand, which JAX's explicit sharding rejects for a sharded batch).
+    frozen = lax.stop_gradient(ensemble)
     position = jnp.arange(members).reshape((1, members) + (1,) * (ensemble.ndim - 2))
+    # `zeros_like` first, so the member ids carry the ensemble's sharding, as sort requires.
+    member_id = jnp.zeros_like(frozen, jnp.int32) + position
+    ordered, origin = lax.sort((frozen, member_id), dimension=1, num_keys=1)
     starts_group = jnp.concatenate(
-        [jnp.ones_like(frozen[:, :1], bool), frozen[:, 1:] != frozen[:, :-1]], axis=1
+        [jnp.ones_like(ordered[:, :1], bool), ordered[:, 1:] != ordered[:, :-1]], axis=1
     )
     ends_group = jnp.concatenate(
-        [frozen[:, :-1] != frozen[:, 1:], jnp.ones_like(frozen[:, :1], bool)], axis=1
+        [ordered[:, :-1] != ordered[:, 1:], jnp.ones_like(ordered[:, :1], bool)], axis=1
     )
     # First and last sorted position of each member's tie group (0-indexed).
     first = lax.cummax(jnp.where(starts_group, position, 0), axis=1)
     last = lax.cummin(jnp.where(ends_group, position, members - 1), axis=1, reverse=True)
     # Mean of (2k - M - 1) over the group's 1-indexed positions k = first+1 .. last+1.
-    coefficient = (first + last - (members - 1)).astype(dtype)
-    # Why: the coefficients sum to 0, so shifting every member by one of them leaves the sum
+    sorted_coefficient = (first + last - (members - 1)).astype(dtype)
+    # Back to member order: sorting by the original member id inverts the permutation.
+    _, coefficient = lax.sort((origin, sorted_coefficient), dimension=1, num_keys=1)
+    # Why: the coefficients sum to 0, so shifting every member by one value leaves the sum
     # unchanged; the middle member keeps the products at the size of the spread, and a large
-    # mean (1000 +- 0.1) does not cancel in float32.
-    middle = frozen[:, members // 2 : members // 2 + 1]
-    pair_sum = jnp.sum(coefficient * (ordered - middle), axis=1)
+    # mean (1e4 +- 0.05) does not cancel in float32.
+    middle = ordered[:, members // 2 : members // 2 + 1]
+    pair_sum = jnp.sum(coefficient * (ensemble - middle), axis=1)
     return member_error, pair_sum
 
 
@@ -152,7 +158,7 @@ def _energy(ensemble: jax.Array, target: jax.Array, fair: bool) -> jax.Array:
     batch, members = ensemble.shape[:2]
     flat = ensemble.reshape(batch, members, -1).astype(dtype)
     member_error = jnp.mean(
-        _safe_norm(flat - target.reshape(batch, 1, -1).astype(dtype), axis=2), axis=1
+        _safe_norm(flat - target.reshape(batch, -1)[:, None].astype(dtype), axis=2), axis=1
     )
 
     def add_offset(total, offset):
@@ -166,8 +172,9 @@ def _energy(ensemble: jax.Array, target: jax.Array, fair: bool) -> jax.Array:
     # Why: a loop over offsets instead of a `[batch, M, M, D]` difference array, and
     # `checkpoint` so the backward pass recomputes each offset's differences instead of
     # storing M / 2 arrays of the ensemble's size.
+    # `zeros_like` so the carry has the batch's sharding, as scan requires of its output.
     pair_sum, _ = lax.scan(
-        jax.checkpoint(add_offset), jnp.zeros((batch,), dtype), jnp.arange(1, members // 2 + 1)
+        jax.checkpoint(add_offset), jnp.zeros_like(member_error), jnp.arange(1, members // 2 + 1)
     )
     # pair_sum runs over ordered pairs i != j, so c applies to it directly.
     pair_weight = 1.0 / (2 * members * (members - 1)) if fair else 1.0 / (2 * members**2)

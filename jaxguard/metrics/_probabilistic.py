@@ -57,15 +57,17 @@ class EnsembleMetrics:
     pair is dropped when `where` is off, and dropped and counted in `nonfinite` when the
     target or any member is NaN or Inf.
 
-    State: the five float32 sums below are sums of per-pair terms that are never negative
-    (no cancellation, so plain float32 addition is accurate to ~1e-7 relative per batch and
-    merging is addition); per-member variances are formed two-pass within each pair, not as
-    ``E[x^2] - E[x]^2``. Everything discrete is an int32 count (exact to 2**31 - 1 pairs,
-    merged by addition): the rank histogram is kept as counts of ``(members below, members
-    tied)`` and the Brier scores as counts of ``(members above threshold, event)``, so
-    the tie-split histogram, the Brier score and its decomposition are exact integers
-    turned into shares in float64 by `compute()`. The state holds ``(M + 1)^2 + 2 (M + 1)``
-    counts.
+    State: five float32 sums of per-pair terms that are never negative (|errors|, squared
+    errors, member variances, the two CRPS sums), so plain addition cancels nothing and
+    merging is addition; the rounding is that of any float32 running sum, ~1e-7 relative per
+    batch (the CRPS difference is formed in float64 by `compute()`). No Chan/Welford merge
+    is needed: the only variances are those across the members of one pair, formed two-pass
+    within the batch, never ``E[x^2] - E[x]^2`` across batches. Everything discrete is an
+    int32 count (exact to 2**31 - 1 pairs, merged by addition): the rank histogram is kept
+    as the counts of ``(members below, members tied)`` and the Brier scores as the counts of
+    ``(members above threshold, event)``, so the tie-split histogram, the Brier score and
+    its decomposition are exact integers, turned into shares in float64 by `compute()`,
+    and identical under any batch split. The state holds ``(M + 1)^2 + 2 (M + 1)`` counts.
 
     `compute()` keys (N = `count`, ``x_1..x_M`` the members and ``y`` the target of a pair):
       crps: fair CRPS, ``mean_i |x_i - y| - sum_{i,j} |x_i - x_j| / (2 M (M - 1))``,
@@ -266,6 +268,24 @@ class EnsembleMetrics:
         }
 
 
+def _count(index: jax.Array, include: jax.Array, size: int) -> jax.Array:
+    """`[size]` int32 counts of the included entries of a `[batch, ...]` index array."""
+    batch = index.shape[0]
+    weight = include.astype(COUNT_DTYPE).reshape(batch, -1)
+
+    def one_example(index, weight):
+        return jnp.zeros((size,), COUNT_DTYPE).at[index].add(weight)
+
+    # Why: integer scatter-adds are exact and order-independent, and O(pairs) (a one-hot
+    # sum costs pairs * size). One table per example, then a sum over the batch axis:
+    # with the batch sharded over devices, a single scatter of sharded indices into one
+    # replicated table has no unambiguous output sharding (JAX's explicit sharding
+    # refuses it), while per-example tables are sharded like the batch and the sum is an
+    # ordinary cross-device reduction.
+    per_example = jax.vmap(one_example)(index.reshape(batch, -1), weight)
+    return jnp.sum(per_example, axis=0, dtype=COUNT_DTYPE)
+
+
 # Compiled once per shape when `update` is called eagerly (dozens of small ops otherwise, each
 # compiled and dispatched on its own); inside a caller's jit it is inlined. The threshold is
 # an argument, not a constant, so states with different thresholds share the compiled code.
@@ -296,17 +316,12 @@ def _batch_statistics(
     def total(values):
         return jnp.sum(jnp.where(include, values, 0.0))
 
-    weight = include.astype(COUNT_DTYPE).ravel()
     below = jnp.sum(ensemble < target[:, None], axis=1, dtype=COUNT_DTYPE)
     tied = jnp.sum(ensemble == target[:, None], axis=1, dtype=COUNT_DTYPE)
-    rank_index = (below * (members + 1) + tied).ravel()
     above = jnp.sum(ensemble > threshold, axis=1, dtype=COUNT_DTYPE)
     event = (target > threshold).astype(COUNT_DTYPE)
-    brier_index = (above * 2 + event).ravel()
-    # Why: integer scatter-adds, exact and order-independent, into small tables; a
-    # one-hot sum would build a [pairs, (M + 1)^2] temporary.
-    rank_counts = jnp.zeros((members + 1) ** 2, COUNT_DTYPE).at[rank_index].add(weight)
-    brier_counts = jnp.zeros((members + 1) * 2, COUNT_DTYPE).at[brier_index].add(weight)
+    rank_counts = _count(below * (members + 1) + tied, include, (members + 1) ** 2)
+    brier_counts = _count(above * 2 + event, include, (members + 1) * 2)
     return {
         "sum_member_error": total(member_error),
         "sum_member_difference": total(member_difference),

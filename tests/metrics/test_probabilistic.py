@@ -1,6 +1,9 @@
 """Tests for EnsembleMetrics against scoringrules and float64 NumPy re-derivations."""
 
 import math
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -358,3 +361,40 @@ def test_bad_input_names_the_argument():
             EnsembleMetrics.empty(4, 1.0, climatology=climatology)
     with pytest.raises(ValueError, match="different `climatology`"):
         state.merge(_empty(climatology=0.1))
+
+
+_EXPLICIT_SHARDING_SCRIPT = """
+import numpy as np, jax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jaxguard.metrics import EnsembleMetrics
+
+mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Explicit,))
+rng = np.random.default_rng(0)
+ensemble = np.where(rng.random((8, 5, 4, 4)) < 0.6, 0, rng.gamma(0.5, 8, (8, 5, 4, 4)))
+target = np.where(rng.random((8, 4, 4)) < 0.6, 0, rng.gamma(0.5, 8, (8, 4, 4)))
+ensemble, target = ensemble.astype(np.float32), target.astype(np.float32)
+state = EnsembleMetrics.empty(5, 5.0)
+expected = state.update(ensemble, target).compute()
+with jax.set_mesh(mesh):
+    sharded = [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (ensemble, target)]
+    result = jax.jit(EnsembleMetrics.update)(state, *sharded).compute()
+for key in expected:
+    np.testing.assert_allclose(result[key], expected[key], rtol=1e-6, err_msg=key)
+print("sharded ok")
+"""
+
+
+def test_update_on_a_batch_sharded_over_four_devices():
+    """Explicit sharding (the strictest mode) on 4 forced host devices, in a fresh process:
+    the batch-sharded update compiles and matches the single-device result."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, "-c", _EXPLICIT_SHARDING_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sharded ok" in result.stdout
