@@ -16,6 +16,14 @@ Predictor sets come from a split of the run's data (`--split`, `--indices` or
 days first) or from a `.npz` file with an array `y` `[K, h, w, C]` in the units of
 the training predictors (`--predictors`; an array `x` `[K, H, W]` in the same file is
 drawn as the truth). A wrong path, array or shape exits with code 2 and one line.
+
+When the truth is known and `--n` is at least 2, the ensemble is scored against it and the
+scores printed (fair CRPS and its ratio to the prior-mean field's MAE, spread/skill, the rank
+histogram of the truth among the members, Brier score and skill for exceeding the extreme
+threshold; `jaxguard.metrics.EnsembleMetrics`). `--all` scores every row of the split and
+writes no files:
+
+    python -m jaxguard.sample --run RUN_DIR --n 16 --all    # the test split's scores
 """
 
 from __future__ import annotations
@@ -25,13 +33,18 @@ import os
 import sys
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxguard import config as config_lib
 from jaxguard import trainer
 from jaxguard.tasks.cvae import panel
+from jaxguard.tasks.cvae.metrics import CVAEMetrics
+from jaxguard.tasks.cvae.report import ensemble_lines
 from jaxguard.tasks.cvae.splits import extreme_threshold
+
+SCORE_CHUNK = 250  # Predictor sets decoded at once when scoring (bounds the memory).
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -56,6 +69,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help="How many rows (heaviest days first; default: the run's model.sampling.num_examples).",
     )
     choice.add_argument("--predictors", metavar="FILE.npz", help="Predictors `y` [K, h, w, C].")
+    choice.add_argument(
+        "--all", action="store_true", help="Score every row of the split; write no files."
+    )
     parser.add_argument(
         "--seed", type=int, help="Seed of the latent draws (default: model.sampling.seed)."
     )
@@ -112,7 +128,28 @@ def _split_indices(args, split, sampling) -> np.ndarray:
     return panel.panel_examples(split, count, sampling.seed)
 
 
-def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
+def score_lines(samples: np.ndarray, truth: np.ndarray, prior_mean: np.ndarray, config) -> list:
+    """The ensemble's scores against the truth, as `report.txt` words them.
+
+    Args:
+      samples: `[K, n, H, W]` members (mm/day), n >= 2.
+      truth: `[K, H, W]`.
+      prior_mean: `[K, H, W]` the field decoded from the prior mean (the deterministic one).
+      config: the run's config (the extreme threshold).
+    """
+    threshold = extreme_threshold(config)
+    metrics = CVAEMetrics.ensemble_only(samples.shape[1], threshold)
+    for start in range(0, len(truth), SCORE_CHUNK):
+        part = slice(start, start + SCORE_CHUNK)
+        metrics = metrics.update_ensemble(jnp.asarray(samples[part]), jnp.asarray(truth[part]))
+    figures = metrics.ensemble_figures()
+    figures["mae_all"] = float(np.mean(np.abs(prior_mean - truth)))
+    return [f"{len(truth)} predictor sets scored against the truth"] + ensemble_lines(
+        figures, threshold
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> tuple[str, str] | list[str]:
     args = _parse(sys.argv[1:] if argv is None else argv)
     config, model, splits = trainer.restore_model(args.run)
     if config.task != "cvae":
@@ -126,19 +163,43 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
     if args.predictors:
         predictors, truth = _read_predictors(args.predictors, model)
         indices = np.arange(len(predictors))
+    elif args.all:
+        split = splits[args.split]
+        indices = np.arange(len(split["x"]))
+        predictors, truth = split["y"], split["x"]
     else:
         split = splits[args.split]
         indices = _split_indices(args, split, sampling)
         predictors, truth = split["y"][indices], split["x"][indices]
 
     generate = nnx.jit(lambda model, y, noise: model.generate(y, noise))
-    samples = panel.draw_ensemble(
-        lambda y, noise: generate(model, y, noise),
-        predictors,
-        num_samples=num_samples,
-        d_z=config.model.d_z,
-        seed=sampling.seed if args.seed is None else args.seed,
+    seed = sampling.seed if args.seed is None else args.seed
+    samples = np.concatenate(
+        [
+            panel.draw_ensemble(
+                lambda y, noise: generate(model, y, noise),
+                predictors[start : start + SCORE_CHUNK],
+                num_samples=num_samples,
+                d_z=config.model.d_z,
+                seed=seed + start,
+            )
+            for start in range(0, len(predictors), SCORE_CHUNK)
+        ]
     )
+    lines = []
+    if truth is not None and num_samples >= 2:
+        most_likely = nnx.jit(lambda model, y: model.generate(y))
+        prior_mean = np.concatenate(
+            [
+                np.asarray(most_likely(model, predictors[start : start + SCORE_CHUNK]))
+                for start in range(0, len(predictors), SCORE_CHUNK)
+            ]
+        )
+        lines = score_lines(samples, truth, prior_mean, config)
+        for line in lines:
+            print(line)
+    if args.all:
+        return lines
     png_path, npz_path = panel.write_ensemble(
         args.out or os.path.join(args.run, "samples"),
         predictors=predictors,

@@ -11,7 +11,7 @@ prediction table, TensorBoard), `export` and `panel` (the ensemble panel, shared
 """
 
 from jaxguard.tasks.contract import Task
-from jaxguard.tasks.cvae import checks, export, guards, loss, metrics, model, report, splits
+from jaxguard.tasks.cvae import build, checks, export, guards, loss, metrics, report, splits
 
 TASK = Task(
     name="cvae",
@@ -26,13 +26,13 @@ TASK = Task(
     guard_names=guards.GUARD_NAMES,
     check_config=checks.check_config,
     make_splits=splits.make_splits,
-    make_model=model.make_model,
+    make_model=build.make_model,
     make_loss=loss.make_loss,
-    forward=model.forward,
+    forward=build.forward,
     loss_inputs=loss.loss_inputs,
     empty_metrics=metrics.empty_metrics,
     update_metrics=metrics.update_metrics,
-    head=model.head,
+    head=build.head,
     histograms=report.histograms,
     prediction_table=report.prediction_table,
     report_lines=report.report_lines,

@@ -82,14 +82,25 @@ def _check_model(m: ConfigDict) -> None:
             0.0 <= m[key] <= MAX_DROPOUT,
             f"model.{key} must lie in [0, {MAX_DROPOUT}], got {m[key]!r}",
         )
+    _at_least("model.noise_channels", m.noise_channels, 0)
+    _at_least("model.dry_threshold", m.dry_threshold, 0)
     for key in ("num_samples", "num_examples"):
         _at_least(f"model.sampling.{key}", m.sampling[key], 1)
     _at_least("model.sampling.seed", m.sampling.seed, 0)
 
 
 def _check_loss(cfg: ConfigDict) -> None:
-    for key in ("lambda_base", "lambda_ext", "beta", "lambda_mass", "beta_warmup_epochs"):
+    for key in (
+        "lambda_base",
+        "lambda_crps",
+        "lambda_ext",
+        "beta",
+        "lambda_mass",
+        "beta_warmup_epochs",
+    ):
         _at_least(f"loss.{key}", cfg[key], 0)
+    # The fair CRPS compares members with each other: one member has no spread to score.
+    _at_least("loss.crps_members", cfg.crps_members, 2)
 
 
 def _check_guards(guard: ConfigDict) -> None:

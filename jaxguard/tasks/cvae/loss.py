@@ -1,6 +1,13 @@
-"""The cVAE task's loss: the declared composite of seed 002's four terms.
+"""The cVAE task's loss: seed 002's four terms and the ensemble's proper score.
 
-    lambda_base * MAE + lambda_ext * extreme MAE + beta(step) * KL + lambda_mass * mass
+    lambda_base * MAE + lambda_crps * CRPS + lambda_ext * extreme MAE + beta(step) * KL
+      + lambda_mass * mass
+
+The CRPS term is the fair ensemble CRPS (`jaxguard.losses.crps_ensemble`, mean over pixels) of
+`loss.crps_members` fields drawn from the prior (z and the decoder's noise maps) in each step,
+against the truth: a proper score, so it rewards members that spread as widely as the truth
+is uncertain, where the MAE of a single decoded field pulls every member onto the median
+(the ensemble collapse of the `:mean_only` variant, which has no CRPS term).
 
 with the extreme MAE averaged per sample over the samples that hold extreme pixels
 (`jaxguard.losses.extreme_mae`, no batch-ratio scaling), `beta` warmed up linearly by an
@@ -60,15 +67,22 @@ def beta_warmup_steps(config: ConfigDict, steps_per_epoch: int) -> int:
 
 
 def make_loss(config: ConfigDict, splits, steps_per_epoch: int) -> losses.CompositeLoss:
-    """The composite of `config.loss`: terms mae, extreme (or extreme_ratio_bug), kl and mass."""
+    """The composite of `config.loss`: mae, crps (when lambda_crps > 0), extreme (or
+    extreme_ratio_bug), kl and mass."""
     cfg = config.loss
     threshold = extreme_threshold(config)
     factor = splits["train"]["x"].shape[1] // splits["train"]["y"].shape[1]
     extreme_fn = (
         seed002_ratio_scaled_extreme_mae if cfg.extreme_ratio_scaling else losses.extreme_mae
     )
+    ensemble = {}
+    if cfg.lambda_crps > 0:
+        ensemble["crps"] = losses.Term(
+            losses.crps_ensemble, inputs=("members", "target"), weight=cfg.lambda_crps
+        )
     return losses.compose(
         mae=losses.Term(losses.absolute_error, weight=cfg.lambda_base),
+        **ensemble,
         **{
             extreme_term_name(config): losses.Term(
                 functools.partial(extreme_fn, threshold=threshold), weight=cfg.lambda_ext
@@ -90,4 +104,7 @@ def make_loss(config: ConfigDict, splits, steps_per_epoch: int) -> losses.Compos
 def loss_inputs(outputs, batch) -> dict[str, jax.Array]:
     """The arrays the loss terms read, all from `outputs`."""
     del batch  # The target may have been augmented: forward returns the one the model saw.
-    return {key: outputs[key] for key in LOSS_INPUTS}
+    inputs = {key: outputs[key] for key in LOSS_INPUTS}
+    if "members" in outputs:
+        inputs["members"] = outputs["members"]
+    return inputs

@@ -8,7 +8,9 @@ the jitted eval step and merges exactly across batches. It watches three things:
   downscaling), via the `ExtremeMetrics` of `generated` and the tail figures around it;
 * the reconstruction through the posterior mean (`reconstructed`, `extreme_mae_sum`): the
   seed's validation reconstruction loss `rec_loss`;
-* the latent space: the KL per dimension and the spread of the posterior means (`active_units`).
+* the latent space: the KL per dimension and the spread of the posterior means (`active_units`);
+* the ensemble (`members` drawn from the prior, when the model draws them in eval mode):
+  `jaxguard.metrics.EnsembleMetrics` over all pixels and over wet ones.
 
 To add a statistic: a field (an array, or a mergeable metrics state), its zero in `empty`,
 its batch contribution in `update`, its merge in `merge` and its figures in `compute`.
@@ -27,8 +29,13 @@ from flax import struct
 from ml_collections import ConfigDict
 
 from jaxguard import losses
-from jaxguard.metrics import ExtremeMetrics, Moments
-from jaxguard.tasks.cvae.splits import extreme_threshold, factor_of
+from jaxguard.metrics import EnsembleMetrics, ExtremeMetrics, Moments
+from jaxguard.tasks.cvae.build import ensemble_members
+from jaxguard.tasks.cvae.splits import extreme_threshold, factor_of, raw_splits
+
+# Pixels wetter than this (mm/day) are "wet" for the `wet_*` ensemble figures: rain is mostly
+# exact zeros, where every member and the truth tie and the rank histogram says little.
+WET_THRESHOLD = 0.1
 
 
 @struct.dataclass
@@ -56,6 +63,11 @@ class CVAEMetrics:
         maxima divided by the sum of the true maxima.
       mass_error: mean absolute difference between the block means of the generated
         field and of the truth (mm/day).
+      crps, spread_skill, rank_histogram, rank_low, rank_high, brier, brier_skill, ...: the
+        `EnsembleMetrics` keys of the `members` over every pixel (Brier scores for exceeding
+        the extreme threshold, skill against the training base rate), when there are members.
+      wet_spread_skill, wet_rank_low, wet_rank_high, wet_crps: the same over wet pixels
+        (truth > `WET_THRESHOLD` mm/day).
     """
 
     generated: ExtremeMetrics
@@ -68,6 +80,8 @@ class CVAEMetrics:
     generated_peak_sum: jax.Array  # Over samples with extremes: sum of generated maxima.
     true_peak_sum: jax.Array  # ... and of true maxima.
     mass_error_sum: jax.Array
+    ensemble: EnsembleMetrics | None  # Of the `members`; None when the model draws none.
+    ensemble_wet: EnsembleMetrics | None  # The same over wet pixels.
     lambda_base: float = struct.field(pytree_node=False)
     lambda_ext: float = struct.field(pytree_node=False)
     activity_threshold: float = struct.field(pytree_node=False)
@@ -83,8 +97,15 @@ class CVAEMetrics:
         lambda_base: float,
         lambda_ext: float,
         activity_threshold: float,
+        members: int = 0,
+        climatology: float | None = None,
     ) -> CVAEMetrics:
+        """Metrics of no data; `members` >= 2 adds the ensemble figures (0: none), with
+        `climatology` the reference exceedance probability of their Brier skill."""
         zero = jnp.zeros((), jnp.float32)
+        ensemble = (
+            EnsembleMetrics.empty(members, threshold, climatology=climatology) if members else None
+        )
         return cls(
             generated=ExtremeMetrics.empty(threshold),
             reconstructed=ExtremeMetrics.empty(threshold),
@@ -96,6 +117,8 @@ class CVAEMetrics:
             generated_peak_sum=zero,
             true_peak_sum=zero,
             mass_error_sum=zero,
+            ensemble=ensemble,
+            ensemble_wet=ensemble,
             lambda_base=float(lambda_base),
             lambda_ext=float(lambda_ext),
             activity_threshold=float(activity_threshold),
@@ -132,7 +155,44 @@ class CVAEMetrics:
             generated_peak_sum=self.generated_peak_sum + peaks(generated),
             true_peak_sum=self.true_peak_sum + peaks(target),
             mass_error_sum=self.mass_error_sum + jnp.sum(mass),
+            **self._ensemble_update(outputs, target),
         )
+
+    def _ensemble_update(self, outputs: Mapping[str, jax.Array], target: jax.Array) -> dict:
+        if self.ensemble is None:
+            return {}
+        members = outputs["members"]
+        return {
+            "ensemble": self.ensemble.update(members, target),
+            "ensemble_wet": self.ensemble_wet.update(members, target, where=target > WET_THRESHOLD),
+        }
+
+    @classmethod
+    def ensemble_only(cls, members: int, threshold: float) -> CVAEMetrics:
+        """Metrics for scoring drawn ensembles alone (`jaxguard.sample`): `update_ensemble`,
+        then `ensemble_figures`; the other statistics stay empty."""
+        return cls.empty(
+            threshold=threshold,
+            d_z=1,
+            factor=1,
+            lambda_base=0.0,
+            lambda_ext=0.0,
+            activity_threshold=0.0,
+            members=members,
+        )
+
+    def update_ensemble(self, members: jax.Array, target: jax.Array) -> CVAEMetrics:
+        """Adds `members` `[B, M, H, W]` against `target` `[B, H, W]` to the ensemble figures."""
+        return self.replace(**self._ensemble_update({"members": members}, target))
+
+    def ensemble_figures(self) -> dict:
+        """The ensemble keys of `compute()` (all pixels, and `wet_*` over wet ones)."""
+        state = jax.device_get(self)
+        figures = state.ensemble.compute()
+        wet = state.ensemble_wet.compute()
+        for key in ("crps", "spread_skill", "rank_low", "rank_high"):
+            figures[f"wet_{key}"] = wet[key]
+        return figures
 
     def merge(self, other: CVAEMetrics) -> CVAEMetrics:
         return self.replace(
@@ -146,6 +206,10 @@ class CVAEMetrics:
             generated_peak_sum=self.generated_peak_sum + other.generated_peak_sum,
             true_peak_sum=self.true_peak_sum + other.true_peak_sum,
             mass_error_sum=self.mass_error_sum + other.mass_error_sum,
+            ensemble=None if self.ensemble is None else self.ensemble.merge(other.ensemble),
+            ensemble_wet=(
+                None if self.ensemble_wet is None else self.ensemble_wet.merge(other.ensemble_wet)
+            ),
         )
 
     def compute(self) -> dict[str, float]:
@@ -180,13 +244,24 @@ class CVAEMetrics:
             float(state.generated_peak_sum) / true_peaks if true_peaks else math.nan
         )
         result["mass_error"] = float(state.mass_error_sum) / count if count else math.nan
+        if state.ensemble is not None:
+            ensemble = state.ensemble_figures()
+            ensemble["ensemble_count"] = ensemble.pop("count")
+            ensemble["ensemble_nonfinite"] = ensemble.pop("nonfinite")
+            result.update(ensemble)
         return result
 
 
 def empty_metrics(config: ConfigDict) -> CVAEMetrics:
-    """Empty metrics of a split; `active_units` uses guard.active_units.activity_threshold."""
+    """Empty metrics of a split; `active_units` uses guard.active_units.activity_threshold, the
+    ensemble figures `ensemble_members(config)` members and the training base rate of extreme
+    pixels as the climatology of the Brier skill."""
+    threshold = extreme_threshold(config)
+    base_rate = float(np.mean(raw_splits(config)["train"]["x"] > threshold))
     return CVAEMetrics.empty(
-        threshold=extreme_threshold(config),
+        threshold=threshold,
+        members=ensemble_members(config),
+        climatology=base_rate if 0.0 < base_rate < 1.0 else None,
         d_z=config.model.d_z,
         factor=factor_of(config),
         lambda_base=config.loss.lambda_base,

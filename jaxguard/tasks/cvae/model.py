@@ -42,11 +42,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from ml_collections import ConfigDict
 
 from jaxguard import _checks
 from jaxguard.tasks.cvae.augment import Augmentation
-from jaxguard.tasks.cvae.splits import raw_splits
 
 _NAME = "DownscalingCVAE"
 PRIORS = ("conditional", "standard")
@@ -84,6 +82,15 @@ class DownscalingCVAE(nnx.Module):
       output_scale: mm/day scale of the output (e.g. the training std of `x`), `> 0`.
       augmentation: keyword arguments of `Augmentation` other than `predictor_std`, `rngs`.
       rngs: `params`, `dropout`, `latent` and `augment` streams.
+      noise_channels: N(0, 1) noise maps that join the decoder on the coarse and on the fine
+        grid, drawn afresh for each ensemble member (zeros for the most likely field). 0: the
+        members differ only through z (`:mean_only`, which collapses).
+      dry_threshold: mm/day; decoded values below it are exactly 0 (a dry pixel), with the
+        gradient of the uncut field. 0: off (softplus never reaches 0).
+      train_members: members drawn from the prior in each train step (`members` output, for a
+        CRPS term); 0: none.
+      eval_members: members drawn from the prior in eval mode (for the ensemble metrics and
+        guard), from a fixed key so evaluations repeat; 0: none.
     """
 
     def __init__(
@@ -102,6 +109,10 @@ class DownscalingCVAE(nnx.Module):
         output_scale: float,
         augmentation: dict,
         rngs: nnx.Rngs,
+        noise_channels: int = 0,
+        dry_threshold: float = 0.0,
+        train_members: int = 0,
+        eval_members: int = 0,
     ):
         height, width = fine_shape
         coarse_h, coarse_w, channels = coarse_shape
@@ -127,6 +138,10 @@ class DownscalingCVAE(nnx.Module):
         self.factor = height // coarse_h
         self.d_z = d_z
         self.prior = prior
+        self.noise_channels = noise_channels
+        self.dry_threshold = dry_threshold
+        self.train_members = train_members
+        self.eval_members = eval_members
         wide = 2 * base_filters
         coarse_cells = coarse_h * coarse_w
 
@@ -155,10 +170,10 @@ class DownscalingCVAE(nnx.Module):
         self.prior_head = nnx.Linear(d_y, 2 * d_z, rngs=rngs) if prior == "conditional" else None
         # Decoder.
         self.decoder_in = nnx.Linear(d_z + d_y, coarse_cells * base_filters, rngs=rngs)
-        self.decoder_coarse = conv(base_filters + wide, wide)
+        self.decoder_coarse = conv(base_filters + wide + noise_channels, wide)
         self.decoder_project = conv(wide, base_filters, k=1)
         self.decoder_dropout = nnx.Dropout(decoder_dropout, rngs=rngs)
-        self.decoder_fine = conv(base_filters, base_filters)
+        self.decoder_fine = conv(base_filters + noise_channels, base_filters)
         self.head = conv(base_filters, 1)
         self.latent_rngs = rngs["latent"].fork()
         self.deterministic = False
@@ -202,20 +217,71 @@ class DownscalingCVAE(nnx.Module):
         mean, raw_logvar = jnp.split(self.prior_head(condition_vector), 2, axis=-1)
         return mean, _bounded_logvar(raw_logvar)
 
+    def decoder_noise(
+        self, keys: jax.Array | None, batch: int, grid: tuple[int, int]
+    ) -> list[jax.Array]:
+        """`[noise [B, *grid, noise_channels]]`: N(0, 1) from one key per row, or zeros without
+        keys; `[]` when the decoder takes no noise."""
+        if not self.noise_channels:
+            return []
+        shape = (*grid, self.noise_channels)
+        if keys is None:
+            return [jnp.zeros((batch, *shape))]
+        return [jax.vmap(lambda key: jax.random.normal(key, shape))(keys)]
+
     def decode(
-        self, z: jax.Array, condition_map: jax.Array, condition_vector: jax.Array
+        self,
+        z: jax.Array,
+        condition_map: jax.Array,
+        condition_vector: jax.Array,
+        noise_keys: jax.Array | None = None,
     ) -> jax.Array:
-        """Non-negative fine fields `[B, H, W]` (mm/day) from latents `z` `[B, d_z]`."""
+        """Non-negative fine fields `[B, H, W]` (mm/day) from latents `z` `[B, d_z]`.
+
+        `noise_keys` `[B]` (one PRNG key per row) draw the decoder's noise maps; None uses
+        zeros (the most likely field given z).
+        """
         batch = z.shape[0]
         coarse_h, coarse_w, _ = self.coarse_shape
         h = nnx.gelu(self.decoder_in(jnp.concatenate([z, condition_vector], axis=-1)))
         h = h.reshape(batch, coarse_h, coarse_w, -1)
-        h = nnx.gelu(self.decoder_coarse(jnp.concatenate([h, condition_map], axis=-1)))
+        noise = self.decoder_noise(noise_keys, batch, (coarse_h, coarse_w))
+        h = nnx.gelu(self.decoder_coarse(jnp.concatenate([h, condition_map, *noise], axis=-1)))
         # Project before upsampling: the fine-grid convolutions dominate the cost.
         h = self.decoder_dropout(self.decoder_project(h))
         h = jax.image.resize(h, (batch, *self.fine_shape, h.shape[-1]), method="bilinear")
+        h = jnp.concatenate([h, *self.decoder_noise(noise_keys, batch, self.fine_shape)], -1)
         h = self.head(nnx.gelu(self.decoder_fine(h)))[..., 0]
-        return self.output_scale[...] * nnx.softplus(h)
+        field = self.output_scale[...] * nnx.softplus(h)
+        if self.dry_threshold > 0:
+            # Exact zeros where the truth is often exactly 0 (softplus never is); straight-
+            # through, so the gradient is that of the field without the cut.
+            dry = jnp.where(field < self.dry_threshold, field, 0.0)
+            field = field - jax.lax.stop_gradient(dry)
+        return field
+
+    def prior_members(
+        self,
+        prior_mean: jax.Array,
+        prior_logvar: jax.Array,
+        condition_map: jax.Array,
+        condition_vector: jax.Array,
+        members: int,
+        key: jax.Array,
+    ) -> jax.Array:
+        """`members` fields per sample `[B, members, H, W]`: z and decoder noise from `key`."""
+        batch = prior_mean.shape[0]
+        latent_key, noise_key = jax.random.split(key)
+        eps = jax.random.normal(latent_key, (batch, members, self.d_z), prior_mean.dtype)
+        z = prior_mean[:, None] + jnp.exp(0.5 * prior_logvar)[:, None] * eps
+        tile = lambda a: jnp.repeat(a, members, axis=0)
+        fields = self.decode(
+            z.reshape(batch * members, self.d_z),
+            tile(condition_map),
+            tile(condition_vector),
+            jax.random.split(noise_key, batch * members),
+        )
+        return fields.reshape(batch, members, *self.fine_shape)
 
     # ------------------------------------------------------------------ entry points
 
@@ -234,7 +300,8 @@ class DownscalingCVAE(nnx.Module):
           `pred` `[B, H, W]` (decoded from a posterior sample in train mode, from the
           posterior mean in eval mode), `generated` `[B, H, W]` (decoded from the prior,
           without looking at `x`), `mean`, `logvar` (posterior) and `prior_mean`,
-          `prior_logvar`, each `[B, d_z]`.
+          `prior_logvar`, each `[B, d_z]`; with `train_members` (train mode) or
+          `eval_members` (eval mode), `members` `[B, M, H, W]` drawn from the prior.
         """
         condition_map, condition_vector = self.condition(y)
         mean, logvar = self.posterior(x, condition_map)
@@ -246,14 +313,25 @@ class DownscalingCVAE(nnx.Module):
             eps = jax.random.normal(self.latent_rngs(), mean.shape, mean.dtype)
             z = mean + jnp.exp(0.5 * logvar) * eps
         prior_z = _prior_latent(prior_mean, prior_logvar, latent_noise)
-        return {
+        outputs = {
             "pred": self.decode(z, condition_map, condition_vector),
-            "generated": self.decode(prior_z, condition_map, condition_vector),
+            "generated": self.decode(
+                prior_z, condition_map, condition_vector, member_noise_keys(latent_noise)
+            ),
             "mean": mean,
             "logvar": logvar,
             "prior_mean": prior_mean,
             "prior_logvar": prior_logvar,
         }
+        members = self.eval_members if self.deterministic else self.train_members
+        if members:
+            # Why a fixed key in eval mode: the same members at every evaluation, so a change
+            # of the ensemble figures is the model's, not the draw's.
+            key = jax.random.key(0) if self.deterministic else self.latent_rngs()
+            outputs["members"] = self.prior_members(
+                prior_mean, prior_logvar, condition_map, condition_vector, members, key
+            )
+        return outputs
 
     def generate(self, y: jax.Array, latent_noise: jax.Array | None = None) -> jax.Array:
         """Downscaled fields `[B, H, W]` for raw predictors `y` alone.
@@ -265,7 +343,25 @@ class DownscalingCVAE(nnx.Module):
         """
         condition_map, condition_vector = self.condition(y)
         prior_z = _prior_latent(*self.prior_params(condition_vector), latent_noise)
-        return self.decode(prior_z, condition_map, condition_vector)
+        return self.decode(
+            prior_z, condition_map, condition_vector, member_noise_keys(latent_noise)
+        )
+
+
+def member_noise_keys(latent_noise: jax.Array | None) -> jax.Array | None:
+    """One PRNG key per row of `latent_noise` `[B, d_z]`, a function of that row alone.
+
+    The decoder noise of an ensemble member then follows from its latent draw: the same
+    `latent_noise` row gives the same member in any batch (the sample panel, `jaxguard.sample`).
+    None (the most likely field) gives None: zero decoder noise.
+    """
+    if latent_noise is None:
+        return None
+    bits = jax.lax.bitcast_convert_type(latent_noise.astype(jnp.float32), jnp.uint32)
+    # A multiplicative hash of the row's bits (uint32 arithmetic wraps).
+    odd = jnp.uint32(2654435761) ** jnp.arange(1, bits.shape[-1] + 1, dtype=jnp.uint32)
+    seeds = jnp.sum(bits * (odd | jnp.uint32(1)), axis=-1, dtype=jnp.uint32)
+    return jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(0), seed))(seeds)
 
 
 def _prior_latent(
@@ -276,52 +372,3 @@ def _prior_latent(
         return prior_mean
     _checks.check_same_shape(_NAME, latent_noise=latent_noise, prior_mean=prior_mean)
     return prior_mean + jnp.exp(0.5 * prior_logvar) * latent_noise
-
-
-# ----------------------------------------------------------------------------- harness hooks
-
-
-def make_model(config: ConfigDict, splits, rngs: nnx.Rngs) -> DownscalingCVAE:
-    """The model of `config.model` and `config.data.augment`, scaled by the training samples."""
-    m, augment = config.model, config.data.augment
-    train = raw_splits(config)["train"]  # Statistics of the samples, before oversampling.
-    del splits
-    return DownscalingCVAE(
-        fine_shape=tuple(train["x"].shape[1:]),
-        coarse_shape=tuple(train["y"].shape[1:]),
-        base_filters=m.base_filters,
-        d_y=m.d_y,
-        d_z=m.d_z,
-        encoder_dropout=m.encoder_dropout,
-        decoder_dropout=m.decoder_dropout,
-        prior=m.prior,
-        predictor_mean=train["y"].mean(axis=(0, 1, 2)),
-        predictor_std=train["y"].std(axis=(0, 1, 2)),
-        # Why the std and not the mean: the output must reach the tail, not the typical day.
-        output_scale=max(float(train["x"].std()), 1e-3),
-        augmentation={
-            "flips": augment.flips,
-            "rotations": augment.rotations,
-            "input_noise": augment.input_noise,
-            "mixup_alpha": augment.mixup_alpha,
-        },
-        rngs=rngs,
-    )
-
-
-def forward(model: DownscalingCVAE, batch) -> dict[str, jax.Array]:
-    """Model outputs plus the (augmented, in train mode) `target` and `coarse_target`.
-
-    A batch may carry `latent_noise` `[B, d_z]`: `generated` is then decoded from
-    `prior_mean + prior_std * latent_noise`, one ensemble member per row.
-    """
-    x, y, coarse = model.augment(batch["x"], batch["y"], batch["coarse_target"])
-    outputs = model(x, y, batch.get("latent_noise"))
-    outputs["target"] = x
-    outputs["coarse_target"] = coarse
-    return outputs
-
-
-def head(model: DownscalingCVAE) -> nnx.Module:
-    """The output convolution, whose weight norm the harness logs."""
-    return model.head

@@ -9,6 +9,7 @@ loss (from `summary.history`). The sample panel is written by `export.py`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -207,7 +208,8 @@ def report_lines(config: ConfigDict, splits, summary: RunSummary) -> list[str]:
         f"loss: lambda_base {config.loss.lambda_base:g}, lambda_ext {config.loss.lambda_ext:g} "
         f"({'ratio-scaled, seed 002 bug' if config.loss.extreme_ratio_scaling else 'as given'}), "
         f"beta {config.loss.beta:g} warmed up over {config.loss.beta_warmup_epochs:g} epochs, "
-        f"lambda_mass {config.loss.lambda_mass:g}",
+        f"lambda_mass {config.loss.lambda_mass:g}, lambda_crps {config.loss.lambda_crps:g} "
+        f"({config.loss.crps_members} prior members per step)",
         f"parameters {summary.param_count:,}, {summary.param_count / unique_train:.0f} per "
         f"training sample ({unique_train} samples)",
         f"test split: {_extreme_share(splits['test'])} samples hold pixels above "
@@ -224,10 +226,40 @@ def report_lines(config: ConfigDict, splits, summary: RunSummary) -> list[str]:
         f"{config.model.d_z}, mass error {test['mass_error']:.4f} mm/day",
         f"KL weight at the best epoch ({summary.best_epoch}): {beta_share:.0%} of loss.beta",
     ]
+    if "spread_skill" in test:
+        lines += ensemble_lines(test, extreme_threshold(config))
     volatility = volatility_summary(summary.history)
     if volatility:
         lines.append(volatility)
     return lines
+
+
+def ensemble_lines(figures: Mapping, threshold: float) -> list[str]:
+    """Report lines of an ensemble's scores (the `EnsembleMetrics` keys of `CVAEMetrics`).
+
+    Args:
+      figures: `crps`, `mae_all` (the prior-mean field's), `ensemble_mean_mae`, `spread`,
+        `ensemble_mean_rmse`, `spread_skill`, `rank_histogram` (`[M + 1]` shares),
+        `rank_low`, `rank_high`, the `wet_*` ones, `brier`, `brier_skill`, `reliability`.
+      threshold: the exceedance threshold of the Brier scores (mm/day).
+    """
+    shares = np.asarray(figures["rank_histogram"], np.float64)
+    members = len(shares) - 1
+    return [
+        f"ensemble of {members} prior draws per day: fair CRPS {figures['crps']:.4f} mm/day "
+        f"({figures['crps'] / figures['mae_all']:.2f} x the prior-mean field's MAE), "
+        f"ensemble-mean MAE {figures['ensemble_mean_mae']:.4f}",
+        f"spread/skill {figures['spread_skill']:.3f} (1 when calibrated; wet pixels "
+        f"{figures['wet_spread_skill']:.3f}): member spread {figures['spread']:.4f} vs "
+        f"ensemble-mean RMSE {figures['ensemble_mean_rmse']:.4f} mm/day",
+        f"rank of the truth among the members (uniform {1 / (members + 1):.3f} per bin): below "
+        f"every member {figures['rank_low']:.3f}, above every member {figures['rank_high']:.3f}"
+        f"; wet pixels {figures['wet_rank_low']:.3f} / {figures['wet_rank_high']:.3f}; bins "
+        + " ".join(f"{share:.3f}" for share in shares),
+        f"exceeding {threshold:.4g} mm/day: Brier score {figures['brier']:.3g}, skill "
+        f"{figures['brier_skill']:.3f} against the training base rate, reliability "
+        f"{figures['reliability']:.3g}",
+    ]
 
 
 def images(outputs, batch) -> dict[str, np.ndarray]:

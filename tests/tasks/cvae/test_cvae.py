@@ -83,7 +83,7 @@ def test_logged_loss_terms_sum_to_the_logged_total(cvae_run):
         if "train/loss" not in scalars:
             continue
         weighted = [v for k, v in scalars.items() if k.endswith("/weighted")]
-        assert len(weighted) == 4  # mae, extreme, kl, mass
+        assert len(weighted) == 5  # mae, crps, extreme, kl, mass
         assert sum(weighted) == pytest.approx(scalars["train/loss"], rel=1e-5)
         checked += 1
     assert checked >= 3

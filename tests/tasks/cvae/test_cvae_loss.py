@@ -28,7 +28,7 @@ def test_logged_terms_sum_to_the_total_and_match_numpy(
     outputs = forward(model, batch)
     step = 7  # Mid warm-up: 2 epochs x 10 steps.
     total, terms = loss_fn(TASK.loss_inputs(outputs, batch), step=step)
-    names = ("mae", "extreme", "kl", "mass")
+    names = ("mae", "crps", "extreme", "kl", "mass")
     assert set(terms) == {f"{n}{s}" for n in names for s in ("", "/weight", "/weighted")}
     assert float(total) == pytest.approx(sum(float(terms[f"{n}/weighted"]) for n in names))
 
@@ -38,15 +38,20 @@ def test_logged_terms_sum_to_the_total_and_match_numpy(
         outputs["mean"], outputs["logvar"], outputs["prior_mean"], outputs["prior_logvar"]
     )
     factor = config.data.factor
+    members = np.asarray(outputs["members"], np.float64)
+    count = members.shape[1]
+    pairs = np.abs(members[:, :, None] - members[:, None, :]).sum(axis=(1, 2))
+    fair_crps = np.abs(members - target[:, None]).mean(axis=1) - pairs / (2 * count * (count - 1))
     expected = {
         "mae": np.abs(pred - target).mean(),
+        "crps": fair_crps.mean(),
         "extreme": numpy_extreme_mae(pred, target),
         "kl": kl.sum(axis=1).mean(),
         "mass": np.mean(
             np.abs(numpy_block_means(pred, factor) - numpy_block_means(target, factor))
         ),
     }
-    weights = {"mae": 1.0, "extreme": 5.0, "kl": 0.01 * step / 20, "mass": 0.01}
+    weights = {"mae": 1.0, "crps": 2.0, "extreme": 5.0, "kl": 0.01 * step / 20, "mass": 0.01}
     for name in names:
         assert float(terms[name]) == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
         assert float(terms[f"{name}/weight"]) == pytest.approx(weights[name], rel=1e-6), name

@@ -46,11 +46,15 @@ def test_generation_draws_distinct_non_negative_members(setup, forward):
     fields = np.asarray(generate(model, y, noise))
     assert fields.shape == (6, 16, 16) and np.all(fields >= 0)
     assert not np.allclose(fields[0], fields[1])
-    # Zero noise decodes the prior mean, which is what `generated` of the forward pass holds.
-    prior_mean = generate(model, y, jnp.zeros_like(noise))
+    # No noise decodes the prior mean with zero decoder noise: `generated` of the forward pass.
+    prior_mean = nnx.jit(lambda model, y: model.generate(y))(model, y)
     batch = {"x": jnp.zeros((6, 16, 16)), "y": y, "coarse_target": jnp.zeros((6, 4, 4))}
     generated = forward(model, batch)["generated"]
     np.testing.assert_allclose(prior_mean, generated, rtol=1e-5, atol=1e-6)
+
+
+def config_members(setup):
+    return setup[0].guard.ensemble_spread.members
 
 
 def test_forward_returns_the_target_the_model_saw_and_head_is_the_output_layer(setup, forward):
@@ -61,5 +65,8 @@ def test_forward_returns_the_target_the_model_saw_and_head_is_the_output_layer(s
     np.testing.assert_array_equal(outputs["coarse_target"], batch["coarse_target"])
     inputs = TASK.loss_inputs(outputs, batch)
     expected = {"pred", "target", "mean", "logvar", "prior_mean", "prior_logvar", "coarse_target"}
-    assert set(inputs) == expected
+    # The members the ensemble metrics (and, in train mode, the CRPS term) read.
+    assert set(inputs) == expected | {"members"}
+    members = config_members(setup)
+    assert inputs["members"].shape == (batch["x"].shape[0], members, 16, 16)
     assert TASK.head(model) is model.head
