@@ -43,9 +43,7 @@ class GapGuard(guards.Guard):
         self.ratio = ratio
 
     def check_metrics(self, available):
-        missing = {"loss", "train_loss"} - set(available)
-        if missing:
-            raise ValueError(f"needs the metrics {sorted(missing)}")
+        guards.require_metrics(("loss", "train_loss"), available)
 
     def on_evaluation(self, evaluation):
         val, train = evaluation.metrics["loss"], evaluation.metrics["train_loss"]

@@ -27,6 +27,7 @@ from jaxguard.guards.base import check_advance as check_advance
 from jaxguard.guards.base import check_count as check_count
 from jaxguard.guards.base import check_state_matches as check_state_matches
 from jaxguard.guards.base import format_figure as format_figure
+from jaxguard.guards.base import require_metrics as require_metrics
 from jaxguard.guards.best import BestCheckpoint as BestCheckpoint
 from jaxguard.guards.collapse import CollapseGuard as CollapseGuard
 from jaxguard.guards.collapse import collapse_diagnostics as collapse_diagnostics

@@ -60,6 +60,17 @@ def check_advance(owner: str, name: str, value: Any, last: int | None, stopped: 
     return number
 
 
+def require_metrics(needed: Iterable[str], available: Iterable[str]) -> None:
+    """For `Guard.check_metrics`: fails in one line when a metric the guard reads is missing."""
+    available = set(available)
+    missing = [name for name in needed if name not in available]
+    if missing:
+        raise ValueError(
+            f"reads metric {', '.join(missing)}, which the run does not compute; available: "
+            f"{', '.join(sorted(available))}."
+        )
+
+
 def check_state_matches(owner: str, state: Mapping[str, Any], **settings: Any) -> None:
     """Fails when a saved state came from a guard with other settings (its values don't carry)."""
     for key, value in settings.items():

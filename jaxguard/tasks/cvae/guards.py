@@ -18,17 +18,6 @@ from ml_collections import ConfigDict
 from jaxguard import guards as guards_lib
 
 
-def _require_metrics(needed: tuple[str, ...], available: Iterable[str]) -> None:
-    """Fails in one line when a metric the guard reads is not computed."""
-    available = set(available)
-    missing = [name for name in needed if name not in available]
-    if missing:
-        raise ValueError(
-            f"reads metric {', '.join(missing)}, which the run does not compute; available: "
-            f"{', '.join(sorted(available))}."
-        )
-
-
 class ActiveUnitsGuard(guards_lib.Guard):
     """Warns when fewer than `min_fraction * d_z` latent units are active (posterior collapse).
 
@@ -82,7 +71,7 @@ class ActiveUnitsGuard(guards_lib.Guard):
         return self.update(evaluation.epoch, evaluation.metrics)
 
     def check_metrics(self, available: Iterable[str]) -> None:
-        _require_metrics(self.reads, available)
+        guards_lib.require_metrics(self.reads, available)
 
     def state_dict(self) -> dict[str, Any]:
         return {"collapsed": self._collapsed}
@@ -131,7 +120,7 @@ class VolatilityGuard(guards_lib.Guard):
         return self.update(evaluation.epoch, evaluation.metrics)
 
     def check_metrics(self, available: Iterable[str]) -> None:
-        _require_metrics(self.reads, available)
+        guards_lib.require_metrics(self.reads, available)
 
     def state_dict(self) -> dict[str, Any]:
         return {"previous": self._previous}

@@ -20,17 +20,6 @@ from jaxguard import guards as guards_lib
 from jaxguard.tasks.surface.splits import foreground_prior
 
 
-def _require_metrics(needed: tuple[str, ...], available: Iterable[str]) -> None:
-    """Fails in one line when a metric the guard reads is not computed."""
-    available = set(available)
-    missing = [name for name in needed if name not in available]
-    if missing:
-        raise ValueError(
-            f"reads metric {', '.join(missing)}, which the run does not compute; available: "
-            f"{', '.join(sorted(available))}."
-        )
-
-
 class PlateauGuard(guards_lib.Guard):
     """Warns when train and validation loss both stay flat for `patience` epochs, early on.
 
@@ -113,7 +102,7 @@ class PlateauGuard(guards_lib.Guard):
         return self.update(evaluation.epoch, evaluation.metrics)
 
     def check_metrics(self, available: Iterable[str]) -> None:
-        _require_metrics(self.reads, available)
+        guards_lib.require_metrics(self.reads, available)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -216,7 +205,7 @@ class MajorityClassGuard(guards_lib.Guard):
         return self.update(evaluation.epoch, evaluation.metrics)
 
     def check_metrics(self, available: Iterable[str]) -> None:
-        _require_metrics(self.reads, available)
+        guards_lib.require_metrics(self.reads, available)
 
     def state_dict(self) -> dict[str, Any]:
         return {"prior": self.prior, "count": self._count, "last_epoch": self._last_epoch}
