@@ -26,6 +26,12 @@ class ActiveUnitsGuard(guards_lib.Guard):
     validation metrics; it warns when the count drops below the bound and reports
     (info) when it recovers. `activity_threshold` is the variance above which the
     metrics count a unit as active (quoted in the message).
+
+    What it measures: whether the *encoder* uses z (the posterior means vary across days).
+    What it does not: whether the *decoder* responds to z. A model can have every unit
+    active while its ensemble members are near-identical (`:mean_only`: 16 of 16 active,
+    spread/skill 0.09); `guard.ensemble_spread` (`jaxguard.guards.EnsembleSpreadGuard`)
+    watches that.
     """
 
     name = "active_units"
