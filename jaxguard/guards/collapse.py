@@ -73,16 +73,14 @@ class CollapseGuard(Guard):
         self._last_epoch: int | None = None
         self._stopped_epoch: int | None = None
 
+    # The constructor arguments `from_config` reads from the guard's config section.
+    config_keys = ("metric", "warn_below", "stop_below", "patience", "start_epoch")
+
     @classmethod
     def from_config(cls, cfg: Any) -> CollapseGuard:
-        """From `config.guard.collapse`; the caller checks `cfg.enabled`."""
-        return cls(
-            metric=cfg.metric,
-            warn_below=cfg.warn_below,
-            stop_below=cfg.stop_below,
-            patience=cfg.patience,
-            start_epoch=cfg.start_epoch,
-        )
+        """From the guard's config section (`config.guard.collapse`); the caller checks
+        `cfg.enabled`."""
+        return cls(**{key: getattr(cfg, key) for key in cls.config_keys})
 
     @property
     def should_stop(self) -> bool:

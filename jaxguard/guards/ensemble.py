@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from jaxguard.guards.collapse import CollapseGuard
 
 
@@ -31,6 +29,7 @@ class EnsembleSpreadGuard(CollapseGuard):
     spread_text = "ensemble spread"
     stop_text = "ensemble collapse"
     consequence = "the members are near-identical and the truth often falls outside all of them"
+    config_keys = (*CollapseGuard.config_keys, "members")  # From `config.guard.ensemble_spread`.
     figures = (
         ("spread", "member spread"),
         ("ensemble_mean_rmse", "ensemble-mean RMSE"),
@@ -52,15 +51,3 @@ class EnsembleSpreadGuard(CollapseGuard):
         if members < 2:
             raise ValueError(f"EnsembleSpreadGuard: `members` must be >= 2, got {members}.")
         self.members = int(members)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> EnsembleSpreadGuard:
-        """From `config.guard.ensemble_spread`; the caller checks `cfg.enabled`."""
-        return cls(
-            metric=cfg.metric,
-            warn_below=cfg.warn_below,
-            stop_below=cfg.stop_below,
-            patience=cfg.patience,
-            start_epoch=cfg.start_epoch,
-            members=cfg.members,
-        )

@@ -87,3 +87,28 @@ def numpy_extreme_mae():
 def numpy_block_means():
     """`(field [n, H, W], factor) -> [n, H / factor, W / factor]` block means."""
     return _numpy_block_means
+
+
+def _write_npz(tmp_path, name="data.npz", **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _rain_arrays(n=20):
+    rng = np.random.default_rng(0)
+    x = rng.gamma(0.5, 3.0, size=(n, 8, 8)).astype(np.float32)
+    y = rng.normal(size=(n, 2, 2, 2)).astype(np.float32)
+    return x, y
+
+
+@pytest.fixture
+def write_npz():
+    """`(tmp_path, name="data.npz", **arrays) -> path` of a user `.npz` data file."""
+    return _write_npz
+
+
+@pytest.fixture
+def rain_arrays():
+    """`(n=20) -> (x [n, 8, 8], y [n, 2, 2, 2])`: small valid user data, float32."""
+    return _rain_arrays

@@ -77,22 +77,9 @@ def test_generator_argument_errors():
         data_lib.generate(**{**GENERATOR, "num_train": 2.0})
 
 
-def _write(tmp_path, name="data.npz", **arrays):
-    path = tmp_path / name
-    np.savez(path, **arrays)
-    return str(path)
-
-
-def _valid_arrays(n=20):
-    rng = np.random.default_rng(0)
-    x = rng.gamma(0.5, 3.0, size=(n, 8, 8)).astype(np.float32)
-    y = rng.normal(size=(n, 2, 2, 2)).astype(np.float32)
-    return x, y
-
-
-def test_npz_is_split_into_contiguous_blocks(tmp_path):
-    x, y = _valid_arrays(20)
-    splits = data_lib.load_npz(_write(tmp_path, x=x, y=y), val_fraction=0.1, test_fraction=0.2)
+def test_npz_is_split_into_contiguous_blocks(tmp_path, write_npz, rain_arrays):
+    x, y = rain_arrays(20)
+    splits = data_lib.load_npz(write_npz(tmp_path, x=x, y=y), val_fraction=0.1, test_fraction=0.2)
     assert [len(splits[s]["x"]) for s in ("train", "val", "test")] == [14, 2, 4]
     np.testing.assert_array_equal(splits["test"]["x"], x[16:])
     np.testing.assert_array_equal(splits["val"]["y"], y[14:16])
@@ -110,19 +97,19 @@ def test_npz_is_split_into_contiguous_blocks(tmp_path):
         (lambda x, y: {"x": -x - 1, "y": y}, "negative precipitation"),
     ],
 )
-def test_npz_errors_name_the_array(tmp_path, arrays, message):
-    x, y = _valid_arrays()
-    path = _write(tmp_path, **arrays(x, y))
+def test_npz_errors_name_the_array(tmp_path, arrays, message, write_npz, rain_arrays):
+    x, y = rain_arrays()
+    path = write_npz(tmp_path, **arrays(x, y))
     with pytest.raises(ConfigError, match=message) as error:
         data_lib.load_npz(path, val_fraction=0.1, test_fraction=0.2)
     assert path in str(error.value) and "\n" not in str(error.value)
 
 
-def test_npz_nan_is_reported_with_its_index(tmp_path):
-    x, y = _valid_arrays()
+def test_npz_nan_is_reported_with_its_index(tmp_path, write_npz, rain_arrays):
+    x, y = rain_arrays()
     x[3, 4, 5] = np.nan
     x[7, 0, 0] = np.nan
-    path = _write(tmp_path, x=x, y=y)
+    path = write_npz(tmp_path, x=x, y=y)
     with pytest.raises(
         ConfigError,
         match=r"'x' holds 2 NaN or infinite values \(first at index "
@@ -131,13 +118,13 @@ def test_npz_nan_is_reported_with_its_index(tmp_path):
         data_lib.load_npz(path, val_fraction=0.1, test_fraction=0.2)
 
 
-def test_missing_file_and_unsupported_formats(tmp_path):
+def test_missing_file_and_unsupported_formats(tmp_path, write_npz, rain_arrays):
     with pytest.raises(ConfigError, match="no such file"):
         data_lib.load_npz(str(tmp_path / "absent.npz"), val_fraction=0.1, test_fraction=0.2)
     netcdf = tmp_path / "era5.nc"
     netcdf.write_bytes(b"CDF\x01")
     with pytest.raises(ConfigError, match="zarr and netCDF are not supported yet"):
         data_lib.load_npz(str(netcdf), val_fraction=0.1, test_fraction=0.2)
-    x, y = _valid_arrays(2)
+    x, y = rain_arrays(2)
     with pytest.raises(ConfigError, match="too few"):
-        data_lib.load_npz(_write(tmp_path, x=x, y=y), val_fraction=0.4, test_fraction=0.4)
+        data_lib.load_npz(write_npz(tmp_path, x=x, y=y), val_fraction=0.4, test_fraction=0.4)

@@ -14,23 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 SMALL = os.path.join(ROOT, "configs", "cvae.py:small")
 
 
-def _write(tmp_path, name="data.npz", **arrays):
-    path = tmp_path / name
-    np.savez(path, **arrays)
-    return str(path)
-
-
-def _valid_arrays(n=20):
-    rng = np.random.default_rng(0)
-    x = rng.gamma(0.5, 3.0, size=(n, 8, 8)).astype(np.float32)
-    y = rng.normal(size=(n, 2, 2, 2)).astype(np.float32)
-    return x, y
-
-
-def test_source_config_key_loads_the_file(tmp_path):
-    x, y = _valid_arrays(40)
+def test_source_config_key_loads_the_file(tmp_path, write_npz, rain_arrays):
+    x, y = rain_arrays(40)
     x[5, 3, 3] = 99.0
-    path = _write(tmp_path, x=x, y=y)
+    path = write_npz(tmp_path, x=x, y=y)
     overrides = [f"data.source={path}", "data.extreme_threshold=60.0", "data.oversample_extremes=1"]
     splits = TASK.make_splits(config_lib.load_config(SMALL, overrides))
     assert splits["train"]["x"].shape[1:] == (8, 8)
@@ -53,11 +40,11 @@ def test_oversampling_repeats_the_extreme_days():
     assert len(raw_splits(config)["train"]["x"]) == len(plain["x"])
 
 
-def test_rotations_on_fields_that_are_not_square_fail_where_the_data_are_read(tmp_path):
+def test_rotations_on_fields_that_are_not_square_fail_where_the_data_are_read(tmp_path, write_npz):
     rng = np.random.default_rng(0)
     x = rng.gamma(0.5, 3.0, size=(20, 8, 4)).astype(np.float32)
     y = rng.normal(size=(20, 2, 1, 2)).astype(np.float32)
-    path = _write(tmp_path, x=x, y=y)
+    path = write_npz(tmp_path, x=x, y=y)
     config = config_lib.load_config(SMALL, [f"data.source={path}", "data.augment.rotations=True"])
     with pytest.raises(ConfigError, match="data.augment.rotations needs square fields, got 8x4"):
         TASK.make_splits(config)
