@@ -96,6 +96,41 @@ def get_config() -> config_dict.ConfigDict:
     nonfinite = config.guard.nonfinite = config_dict.ConfigDict()
     nonfinite.max_consecutive = 5  # Skipped non-finite updates in a row before the run stops.
 
+    # Guards that compare signals with each other (docs/guards.md); all only warn.
+    volatility = config.guard.volatility = config_dict.ConfigDict()
+    volatility.enabled = True
+    # Watched beside the early-stopping monitor, as "name:min" or "name:max".
+    volatility.metrics = ()
+    volatility.max_jump = 1.0  # Worsening from one evaluation to the next, relative (1: doubled).
+    volatility.start_epoch = 1
+
+    disagreement = config.guard.disagreement = config_dict.ConfigDict()
+    disagreement.enabled = True
+    # The metrics the run is for, "name:min" / "name:max"; empty: the guard is off. Warns when
+    # the early-stopping monitor keeps improving while one of them falls behind its best.
+    disagreement.quality = ()
+    disagreement.tolerance = 0.05  # Relative slack on each quality metric's best.
+    disagreement.patience = 3  # Monitor improvements with the quality metric behind, in a row.
+    disagreement.start_epoch = 0
+
+    overfitting = config.guard.overfitting = config_dict.ConfigDict()
+    overfitting.enabled = True
+    overfitting.metric = "loss"  # Validation loss, compared with `train_loss`.
+    overfitting.rise = 0.2  # Above its best by this share, while train loss falls below its own.
+    overfitting.patience = 3
+    overfitting.start_epoch = 1
+
+    loss_terms = config.guard.loss_terms = config_dict.ConfigDict()
+    loss_terms.enabled = True
+    # Effective weight (weighted / reference) against the configured one, for terms that
+    # declare a reference; warns beyond this relative departure.
+    loss_terms.weight_tolerance = 0.5
+    loss_terms.min_share = config_dict.ConfigDict()  # Term -> floor on its share of the gradient.
+    loss_terms.patience = 3  # Logged steps (diagnostics checks for shares) in a row.
+
+    warmup = config.guard.warmup = config_dict.ConfigDict()
+    warmup.enabled = True  # Warns when the best checkpoint sits inside an unfinished warm-up.
+
     # Logging.
     config.log = config_dict.ConfigDict()
     config.log.every_steps = 20  # Training scalars (loss terms, gradient and update norms, lr).

@@ -8,8 +8,7 @@ z (`model.noise_channels`; z alone hardly moves the decoder) and exact zeros bel
 (`model.dry_threshold`). lr 3e-4, 20 epochs, early stopping on the prior-mean field's MAE.
 Beside the shared guards: the ensemble-spread guard (`guard.ensemble_spread`: 8 members per
 validation day, stops when spread/skill stays below 0.3), posterior collapse
-(`guard.active_units`) and the volatility of the validation reconstruction loss
-(`guard.volatility`).
+(`guard.active_units`), and the validation reconstruction loss watched by `guard.volatility`.
 
     python -m jaxguard.train --cfg cfgs/cvae.py
 
@@ -122,10 +121,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.guard.active_units.activity_threshold = 0.01
     config.guard.active_units.min_active_fraction = 0.25  # Warn below this share of d_z.
     config.guard.active_units.start_epoch = 0
-    # Volatility: warns when the validation reconstruction loss changes by more than this share
-    # from one epoch to the next.
-    config.guard.volatility = config_dict.ConfigDict()
-    config.guard.volatility.warn_change = 1.0  # 0 disables.
+    # Volatility (shared guard): the reconstruction loss is watched beside the monitor.
+    config.guard.volatility.metrics = ("rec_loss:min",)
 
     config.log.every_steps = 20
     config.log.diagnostics_every_steps = 200

@@ -38,15 +38,27 @@ from ml_collections import config_dict
 import jaxguard.configs
 from jaxguard import tasks
 from jaxguard.configs import base
-from jaxguard.guards import MonitorExpression
+from jaxguard.guards import MonitorExpression, parse_watched
 
 TASK_SECTIONS = ("data", "model", "loss")  # Filled freely by each task config; not in the schema.
 # Sections of `guard` every run has; a task config adds its own guards' (Task.guard_names).
-SHARED_GUARDS = ("early_stopping", "collapse", "ensemble_spread", "best", "nonfinite")
+SHARED_GUARDS = (
+    "early_stopping",
+    "collapse",
+    "ensemble_spread",
+    "best",
+    "nonfinite",
+    "volatility",
+    "disagreement",
+    "overfitting",
+    "loss_terms",
+    "warmup",
+)
 # Keys that moved or went away: a config or override that still uses one gets this line.
 MOVED_KEYS = {
     "model.collapse_guard": "moved to guard.active_units",
-    "model.volatility_warn_change": "moved to guard.volatility.warn_change",
+    "model.volatility_warn_change": "moved to guard.volatility.max_jump",
+    "guard.volatility.warn_change": "moved to guard.volatility.max_jump (a shared guard now)",
     "loss.plateau_guard": "moved to guard.plateau",
     "loss.majority_guard": "moved to guard.majority_class",
     "model.head_grad_band": "moved to guard.head_gradient_band.band",
@@ -482,6 +494,13 @@ def validate(config: config_dict.ConfigDict) -> None:
         ("guard.ensemble_spread.start_epoch", guard.ensemble_spread.start_epoch, 0),
         ("guard.best.start_epoch", best.start_epoch, 0),
         ("guard.nonfinite.max_consecutive", guard.nonfinite.max_consecutive, 1),
+        ("guard.volatility.start_epoch", guard.volatility.start_epoch, 0),
+        ("guard.disagreement.tolerance", guard.disagreement.tolerance, 0),
+        ("guard.disagreement.patience", guard.disagreement.patience, 1),
+        ("guard.disagreement.start_epoch", guard.disagreement.start_epoch, 0),
+        ("guard.overfitting.patience", guard.overfitting.patience, 1),
+        ("guard.overfitting.start_epoch", guard.overfitting.start_epoch, 0),
+        ("guard.loss_terms.patience", guard.loss_terms.patience, 1),
         ("log.every_steps", log.every_steps, 1),
         ("log.diagnostics_every_steps", log.diagnostics_every_steps, 1),
         ("log.histogram_bins", log.histogram_bins, 1),
@@ -504,6 +523,25 @@ def validate(config: config_dict.ConfigDict) -> None:
         f"optim.warmup_epochs ({optim.warmup_epochs!r}) must be < train.epochs "
         f"({train.epochs!r}), else the warm-up never finishes",
     )
+    for key, value in (
+        ("guard.volatility.max_jump", guard.volatility.max_jump),
+        ("guard.overfitting.rise", guard.overfitting.rise),
+        ("guard.loss_terms.weight_tolerance", guard.loss_terms.weight_tolerance),
+    ):
+        _require(value > 0, f"{key} must be > 0, got {value!r}")
+    for term, floor in guard.loss_terms.min_share.items():
+        _require(
+            isinstance(floor, (int, float)) and 0 < floor < 1,
+            f"guard.loss_terms.min_share.{term} must lie in (0, 1), got {floor!r}",
+        )
+    for key, specs in (
+        ("guard.volatility.metrics", guard.volatility.metrics),
+        ("guard.disagreement.quality", guard.disagreement.quality),
+    ):
+        try:
+            parse_watched(key, "value", specs)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error).replace(f"{key}: `value`", key)) from None
     for key, section in (("collapse", collapse), ("ensemble_spread", guard.ensemble_spread)):
         _require(
             section.stop_below <= section.warn_below,

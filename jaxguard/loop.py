@@ -21,7 +21,14 @@ from ml_collections import ConfigDict
 from jaxguard import run_outputs
 from jaxguard.batching import epoch_seed, iterate_batches
 from jaxguard.checkpoints import RunCheckpoints
-from jaxguard.guards import BestCheckpoint, Evaluation, GuardCollection, GuardEvent, StepInfo
+from jaxguard.guards import (
+    BestCheckpoint,
+    Diagnostics,
+    Evaluation,
+    GuardCollection,
+    GuardEvent,
+    StepInfo,
+)
 from jaxguard.optim import plateau_scale
 from jaxguard.steps import TrainState, evaluate
 from jaxguard.tasks.contract import Task
@@ -51,6 +58,7 @@ class Run:
     param_count: int
     train_step: Callable
     eval_step: Callable
+    term_gradients: Callable  # steps.make_term_gradients: each loss term's gradient share.
     empty_metrics: Any
     guards: GuardCollection
     best: BestCheckpoint | None
@@ -77,8 +85,8 @@ class PeriodicAction:
     every_steps: int
     at_epoch_end: bool
     apply: Callable[
-        [Run, int, int, dict[str, jax.Array]], None
-    ]  # (run, epoch, index, measurements)
+        [Run, int, int, dict[str, jax.Array], Any], None
+    ]  # (run, epoch, index, measurements, the sharded batch just trained on)
 
     def should_trigger(self, step: int, last_in_epoch: bool) -> bool:
         return step % self.every_steps == 0 or (self.at_epoch_end and last_in_epoch)
@@ -92,7 +100,9 @@ def periodic_actions(config: ConfigDict, diag_batch) -> tuple[PeriodicAction, ..
             "diagnostics",
             config.log.diagnostics_every_steps,
             False,
-            lambda run, epoch, index, measurements: write_diagnostics(run, diag_batch),
+            lambda run, epoch, index, measurements, batch: write_diagnostics(
+                run, epoch, diag_batch, batch
+            ),
         ),
     )
 
@@ -108,38 +118,63 @@ def train_epoch(run: Run, epoch: int) -> list[float]:
     )
     steps = run.steps_per_epoch
     for index, batch in zip(range(steps), batches, strict=False):
-        run.state, measurements = run.train_step(run.state, run.shard(batch))
+        sharded = run.shard(batch)
+        run.state, measurements = run.train_step(run.state, sharded)
         step = int(run.state.step)
         for action in run.actions:
             if action.should_trigger(step, index == steps - 1):
-                action.apply(run, epoch, index, measurements)
+                action.apply(run, epoch, index, measurements, sharded)
     return run.train_losses
 
 
-def log_train_scalars(run: Run, epoch: int, index: int, measurements) -> None:
+def report_events(run: Run, events: list[GuardEvent], step: int) -> GuardEvent | None:
+    """Records guard events in `guard_events.jsonl`, prints the others; returns the first stop."""
+    stop = None
+    for event in events:
+        run_outputs.append_event(run.workdir, event, step)
+        if event.level == "stop":
+            stop = stop or event
+        else:
+            run.console.line(f"{event.level}: {event.message}")
+    return stop
+
+
+def log_train_scalars(run: Run, epoch: int, index: int, measurements, batch) -> None:
     """Train-step measurements to TensorBoard, the step guards, the progress bar."""
+    del batch
     step = int(run.state.step)
     scalars = {key: float(value) for key, value in measurements.items()}
     run.train_losses.append(scalars["loss"])
     run.writer.write_scalars(step, {f"train/{key}": value for key, value in scalars.items()})
-    for event in run.guards.on_step(StepInfo(step, epoch, scalars)):
-        if event.level == "stop":
-            raise RunStopped(event)
-        run.console.line(f"{event.level}: {event.message}")
+    stop = report_events(run, run.guards.on_step(StepInfo(step, epoch, scalars)), step)
+    if stop is not None:
+        raise RunStopped(stop)
     run.console.progress(epoch, index + 1, run.steps_per_epoch, scalars["loss"])
 
 
-def write_diagnostics(run: Run, batch) -> None:
-    """Validation-batch prediction figures and the output layer's weight norm."""
+def write_diagnostics(run: Run, epoch: int, val_batch, train_batch) -> None:
+    """Figures between evaluations, logged and shown to the guards' `on_diagnostics`.
+
+    The task's metrics on one fixed validation batch (`diag/<key>` for its diagnostic keys),
+    the output layer's weight norm, and each loss term's raw value and share of the gradient
+    on the training batch just used (`terms/<t>/value`, `terms/<t>/grad_share`).
+    """
     step = int(run.state.step)
-    metrics, outputs, _ = run.eval_step(run.state, run.empty_metrics, run.shard(batch))
-    computed = metrics.compute()
+    metrics, outputs, _ = run.eval_step(run.state, run.empty_metrics, run.shard(val_batch))
+    computed = run_outputs.numbers_only(metrics.compute())
     scalars = {f"diag/{key}": computed[key] for key in run.task.diagnostic_keys}
     model = nnx.merge(run.graphdef, run.state.params, run.state.model_state)
     head = nnx.to_pure_dict(nnx.state(run.task.head(model), nnx.Param))
     scalars["diag/head_weight_norm"] = float(optax.tree.norm(head))
-    run.writer.write_scalars(step, scalars)
-    run.writer.write_histograms(step, run.task.histograms(jax.tree.map(np.asarray, outputs), batch))
+    terms = {key: float(value) for key, value in run.term_gradients(run.state, train_batch).items()}
+    run.writer.write_scalars(step, {**scalars, **terms})
+    run.writer.write_histograms(
+        step, run.task.histograms(jax.tree.map(np.asarray, outputs), val_batch)
+    )
+    diagnostics = Diagnostics(step, epoch, {**computed, **terms})
+    stop = report_events(run, run.guards.on_diagnostics(diagnostics), step)
+    if stop is not None:
+        raise RunStopped(stop)
 
 
 def evaluate_epoch(run: Run):
@@ -171,12 +206,8 @@ def consult_guards(run: Run, epoch: int, val: dict, train_losses: list[float]):
     """Evaluation guards, best checkpoint, history and logs; returns `(is_best, stop event)`."""
     train_loss = float(np.mean(train_losses)) if train_losses else math.nan
     metrics = {**val, "train_loss": train_loss}
-    stop = None
-    for event in run.guards.on_evaluation(Evaluation(epoch, metrics)):
-        if event.level == "stop":
-            stop = stop or event
-        else:
-            run.console.line(f"{event.level}: {event.message}")
+    events = run.guards.on_evaluation(Evaluation(epoch, metrics))
+    stop = report_events(run, events, int(run.state.step))
     is_best = run.best is not None and run.best.update(epoch, metrics)
     numbers = run_outputs.numbers_only(val)
     record = {

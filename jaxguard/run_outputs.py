@@ -7,6 +7,7 @@ dump, and the report lines every task shares.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -74,6 +75,42 @@ def truncate_csv(path: str, *, last_epoch: int) -> None:
     with open(tmp, "w") as f:
         f.writelines(kept)
     os.replace(tmp, path)  # Atomic: a crash here leaves the old log, never half of it.
+
+
+EVENTS_FILE = "guard_events.jsonl"
+
+
+def append_event(workdir: str, event: GuardEvent, step: int) -> None:
+    """Appends one guard event to `guard_events.jsonl`: guard, level, message, epoch, step.
+
+    `step` is the training step at which the event was raised (the event's own when it has
+    one). Benchmarks and tools read the file to tell which guard fired when.
+    """
+    record = dataclasses.asdict(event)
+    record["step"] = event.step if event.step is not None else step
+    with open(os.path.join(workdir, EVENTS_FILE), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_events(workdir: str) -> list[dict]:
+    """The records `append_event` wrote, oldest first; [] when there are none."""
+    path = os.path.join(workdir, EVENTS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_events(workdir: str, *, last_step: int) -> None:
+    """Drops events raised after the checkpoint a resumed run restarts from (step > last_step)."""
+    kept = [record for record in read_events(workdir) if record["step"] <= last_step]
+    path = os.path.join(workdir, EVENTS_FILE)
+    if not os.path.exists(path):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in kept)
+    os.replace(tmp, path)  # Atomic, as for the CSV.
 
 
 def dump_collapse(workdir: str, pred: np.ndarray, target: np.ndarray, event: GuardEvent) -> str:

@@ -87,6 +87,45 @@ def make_train_step(graphdef, task: Task, loss_fn, tx, schedule) -> Callable:
     return jax.jit(train_step, donate_argnums=0)
 
 
+def make_term_gradients(graphdef, task: Task, loss_fn) -> Callable:
+    """`term_gradients(state, batch) -> {"terms/<t>/value", "terms/<t>/grad_share"}`, jitted.
+
+    For each term `t` of the composite loss, on `batch` in train mode at `state`: its raw value
+    and its share of the gradient,
+
+        share_t = ||d (w_t L_t) / d params|| / sum_s ||d (w_s L_s) / d params||,
+
+    one backward pass per term, each from the same state (so the same dropout masks). The
+    state is read, never written: the dropout RNG counters the forward passes advance are
+    dropped, so measuring does not change the run. When every term's gradient is zero, all
+    shares are 0.
+    """
+    names = tuple(loss_fn.terms)
+
+    def term_gradients(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        norms, values = [], {}
+        for name in names:
+
+            def weighted(model, name=name):
+                outputs = task.forward(model, batch)
+                _, terms = loss_fn(task.loss_inputs(outputs, batch), step=state.step)
+                return terms[f"{name}/weighted"], terms[name]
+
+            model = nnx.merge(graphdef, state.params, state.model_state)
+            model.train()
+            grads, values[name] = nnx.grad(weighted, has_aux=True)(model)
+            norms.append(optax.tree.norm(grads))
+        norms = jnp.stack(norms)
+        shares = norms / jnp.maximum(jnp.sum(norms), jnp.finfo(norms.dtype).tiny)
+        result = {}
+        for index, name in enumerate(names):
+            result[f"terms/{name}/value"] = values[name]
+            result[f"terms/{name}/grad_share"] = shares[index]
+        return result
+
+    return jax.jit(term_gradients)
+
+
 def make_eval_step(graphdef, task: Task, loss_fn) -> Callable:
     """`eval_step(state, metrics, batch) -> (metrics, outputs, loss_total)`, jitted, eval mode."""
 

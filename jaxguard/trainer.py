@@ -40,7 +40,14 @@ from jaxguard.loop import (
     train_epoch,
 )
 from jaxguard.optim import build_optimizer
-from jaxguard.steps import TrainState, evaluate, make_eval_step, make_predict, make_train_step
+from jaxguard.steps import (
+    TrainState,
+    evaluate,
+    make_eval_step,
+    make_predict,
+    make_term_gradients,
+    make_train_step,
+)
 from jaxguard.tasks.contract import RunSummary, Task
 from jaxguard.writers import Console, CsvWriter, MultiWriter, TensorBoardWriter
 
@@ -148,9 +155,20 @@ def prepare_workdir(config: ConfigDict, workdir: str, *, resume: bool) -> None:
     config_lib.save_config(config, os.path.join(workdir, "config.json"))
 
 
-def make_guards(config: ConfigDict, task: Task, splits) -> tuple[GuardCollection, Any]:
+def make_guards(
+    config: ConfigDict, task: Task, splits, loss_fn, steps_per_epoch: int
+) -> tuple[GuardCollection, Any]:
     """The run's guards and best-checkpoint selection, checked against the task's metrics."""
-    guards = GuardCollection.from_config(config.guard, task.guards(config, splits))
+    try:
+        guards = GuardCollection.from_config(
+            config.guard,
+            task.guards(config, splits),
+            loss_weights={name: term.weight for name, term in loss_fn.terms.items()},
+            steps_per_epoch=steps_per_epoch,
+            last_epoch=config.train.epochs - 1,
+        )
+    except ValueError as error:
+        raise config_lib.ConfigError(str(error)) from None
     best = BestCheckpoint.from_config(config.guard)
     available = set(task.empty_metrics(config).compute()) | {"loss", "train_loss"}
     try:
@@ -191,7 +209,7 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         f"({param_count / train_size:.1f} parameters per example), {built.steps_per_epoch} "
         f"steps per epoch, workdir {workdir}"
     )
-    guards, best = make_guards(config, task, splits)
+    guards, best = make_guards(config, task, splits, loss_fn, built.steps_per_epoch)
     for line in task.startup_lines(config, splits) if task.startup_lines else ():
         console.line(line)
     empty_metrics = task.empty_metrics(config)
@@ -209,6 +227,7 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         param_count=param_count,
         train_step=make_train_step(built.graphdef, task, loss_fn, built.tx, built.schedule),
         eval_step=eval_step,
+        term_gradients=make_term_gradients(built.graphdef, task, loss_fn),
         empty_metrics=empty_metrics,
         guards=guards,
         best=best,
@@ -247,6 +266,7 @@ def restore(run: Run) -> None:
     if run.best is not None:
         run.best.load_state_dict(meta["best"])
     run_outputs.truncate_csv(os.path.join(run.workdir, "log.csv"), last_epoch=meta["epoch"])
+    run_outputs.truncate_events(run.workdir, last_step=int(run.state.step))
     run.console.line(f"resumed from epoch {meta['epoch']} (step {int(run.state.step)})")
 
 

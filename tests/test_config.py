@@ -467,7 +467,8 @@ def test_an_unknown_guard_section_names_the_task_s_sections(tmp_path):
     path = broken_config(tmp_path, "config.guard.gapp = config_dict.ConfigDict({'ratio': 2.0})")
     message = raises_config_error(cfg.load_config, str(path))
     assert message.startswith("unknown guard section guard.gapp (did you mean gap?)")
-    assert "early_stopping, collapse, ensemble_spread, best, nonfinite, gap" in message
+    assert "early_stopping, collapse, ensemble_spread, best, nonfinite, volatility" in message
+    assert message.endswith("warmup, gap")
 
 
 def test_a_task_guard_section_takes_overrides_and_the_task_checks_it(tmp_path):

@@ -44,19 +44,31 @@ def test_prepare_workdir_refuses_to_overwrite_or_to_resume_nothing(toy_config, t
         trainer.prepare_workdir(toy_config, str(tmp_path / "new"), resume=False)
 
 
+def make_guards(config):
+    loss_fn = toy_task.TASK.make_loss(config, None, 8)
+    return trainer.make_guards(config, toy_task.TASK, None, loss_fn, 8)
+
+
 def test_make_guards_orders_the_task_guard_before_early_stopping(toy_config):
-    collection, best = trainer.make_guards(toy_config, toy_task.TASK, splits=None)
-    assert collection.names == ("nonfinite", "gap", "early_stopping")
+    collection, best = make_guards(toy_config)
+    assert collection.names == (
+        "nonfinite",
+        "loss_terms",
+        "gap",
+        "volatility",
+        "overfitting",
+        "early_stopping",
+    )
     assert best.monitor.source == toy_config.guard.early_stopping.monitor
 
 
 def test_make_guards_names_the_guard_whose_metric_the_task_lacks(toy_config):
     config = config_lib.load_config(TOY, ["guard.early_stopping.monitor=loss - r22"])
     with pytest.raises(config_lib.ConfigError, match=r"guard.early_stopping: .*'r22'.*'r2'"):
-        trainer.make_guards(config, toy_task.TASK, splits=None)
+        make_guards(config)
     config = config_lib.load_config(TOY, ["guard.best.monitor=rmsee"])
     with pytest.raises(config_lib.ConfigError, match=r"guard.best: .*'rmsee'.*'rmse'"):
-        trainer.make_guards(config, toy_task.TASK, splits=None)
+        make_guards(config)
 
 
 def test_one_epoch_stage_by_stage(toy_config, tmp_path):

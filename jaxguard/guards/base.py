@@ -2,10 +2,13 @@
 
 A guard watches a run and reports `GuardEvent`s: "stop" ends the run, "warn" and "info" are
 logged. Every guard, built-in or a task's own, is a `Guard`: a `name` (also its config section,
-`guard.<name>`), two hooks the harness calls the same way for every guard, and a JSON-able
+`guard.<name>`), three hooks the harness calls the same way for every guard, and a JSON-able
 state that goes into each checkpoint and comes back on `--resume`:
 
 * `on_step(StepInfo)` at every logging step, with the train step's measurements;
+* `on_diagnostics(Diagnostics)` on the diagnostics cadence inside an epoch (every
+  `log.diagnostics_every_steps` steps), with figures from one validation batch and each loss
+  term's share of the gradient;
 * `on_evaluation(Evaluation)` after every evaluation, with the validation metrics;
 * `state_dict()` / `load_state_dict(state)`.
 
@@ -121,6 +124,24 @@ class StepInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class Diagnostics:
+    """What `Guard.on_diagnostics` sees on the diagnostics cadence, between evaluations.
+
+    Attributes:
+      step: The training step just taken.
+      epoch: The epoch it belongs to (0-based).
+      metrics: The task's metrics on one fixed validation batch by unprefixed name (`pred_std`,
+        `std_ratio`, ...), plus, for every loss term `<t>`, `terms/<t>/value` (its raw value)
+        and `terms/<t>/grad_share` (the norm of its weighted gradient over the sum of all terms'
+        norms, on one fixed training batch).
+    """
+
+    step: int
+    epoch: int
+    metrics: Mapping[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
     """What `Guard.on_evaluation` sees after an evaluation.
 
@@ -135,7 +156,7 @@ class Evaluation:
 
 
 class Guard:
-    """Base of every guard: a name, two no-op hooks and an empty state.
+    """Base of every guard: a name, three no-op hooks and an empty state.
 
     Subclasses set `name` (the config section `guard.<name>` their settings come from and the
     `GuardEvent.guard` of their events) and override what they need. A guard with state must
@@ -147,6 +168,11 @@ class Guard:
     def on_step(self, info: StepInfo) -> GuardEvent | None:
         """Called at every logging step; returns an event or None."""
         del info
+        return None
+
+    def on_diagnostics(self, diagnostics: Diagnostics) -> GuardEvent | None:
+        """Called on the diagnostics cadence inside an epoch; returns an event or None."""
+        del diagnostics
         return None
 
     def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
@@ -168,3 +194,22 @@ class Guard:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores what `state_dict` returned."""
         del state
+
+
+MODES = ("min", "max")
+
+
+def check_mode(owner: str, name: str, mode: Any) -> str:
+    """`mode` as "min" (lower is better) or "max" (higher is better); fails otherwise."""
+    if mode not in MODES:
+        raise ValueError(f"{owner}: `{name}` must be 'min' or 'max', got {mode!r}.")
+    return mode
+
+
+def worsening(value: float, reference: float, mode: str) -> float:
+    """How much worse `value` is than `reference` in the metric's own direction.
+
+    ``value - reference`` for mode "min", ``reference - value`` for mode "max": positive when
+    `value` is worse, negative when it is better.
+    """
+    return value - reference if mode == "min" else reference - value

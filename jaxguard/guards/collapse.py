@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxguard._checks import check_same_shape
 from jaxguard.guards.base import (
+    Diagnostics,
     Evaluation,
     Guard,
     GuardEvent,
@@ -40,6 +41,13 @@ class CollapseGuard(Guard):
       `patience`-th evaluation of the same stretch below it (evaluations 1, 1 + patience,
       1 + 2 * patience, ...), so a long low stretch is reported without repeating every epoch.
     * Back at or above `warn_below` after a stretch below it: one "info" event (recovered).
+
+    The same metric is also checked on the diagnostics cadence inside each epoch
+    (`on_diagnostics`, figures from one validation batch every `log.diagnostics_every_steps`
+    steps; seed 000: "stop training if prediction std drops below a threshold", every N steps):
+    `patience` checks in a row below `stop_below` from `start_epoch` on stop the run there,
+    without waiting for the end of the epoch. Checks only stop; the warnings come from the
+    evaluations.
     """
 
     name = "collapse"
@@ -70,6 +78,7 @@ class CollapseGuard(Guard):
         self.start_epoch = check_count(owner, "start_epoch", start_epoch, 0)
         self._below_warn = 0
         self._below_stop = 0
+        self._checks_below_stop = 0
         self._last_epoch: int | None = None
         self._stopped_epoch: int | None = None
 
@@ -158,6 +167,28 @@ class CollapseGuard(Guard):
     def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
         return self.update(evaluation.epoch, evaluation.metrics)
 
+    def on_diagnostics(self, diagnostics: Diagnostics) -> GuardEvent | None:
+        """The in-epoch check on one validation batch; a "stop" event or None."""
+        metrics = diagnostics.metrics
+        if diagnostics.epoch < self.start_epoch or not set(self.metric.names) <= set(metrics):
+            return None
+        value = self.metric.evaluate(metrics)
+        below = not math.isfinite(value) or value < self.stop_below
+        self._checks_below_stop = self._checks_below_stop + 1 if below else 0
+        if self._checks_below_stop < self.patience:
+            return None
+        self._stopped_epoch = diagnostics.epoch
+        return GuardEvent(
+            self.name,
+            "stop",
+            f"{self.stop_text} inside epoch {diagnostics.epoch} (step {diagnostics.step}): "
+            f"{self.metric.source} {format_figure(value)} < {format_figure(self.stop_below)} on "
+            f"a validation batch for {self._checks_below_stop} diagnostics checks in a row"
+            f"{self._figures(metrics)}; {self.consequence}",
+            diagnostics.epoch,
+            diagnostics.step,
+        )
+
     def check_metrics(self, available) -> None:
         self.metric.validate(available)
 
@@ -166,6 +197,7 @@ class CollapseGuard(Guard):
             "metric": self.metric.source,
             "below_warn": self._below_warn,
             "below_stop": self._below_stop,
+            "checks_below_stop": self._checks_below_stop,
             "last_epoch": self._last_epoch,
             "stopped_epoch": self._stopped_epoch,
         }
@@ -174,6 +206,7 @@ class CollapseGuard(Guard):
         check_state_matches(type(self).__name__, state, metric=self.metric.source)
         self._below_warn = state["below_warn"]
         self._below_stop = state["below_stop"]
+        self._checks_below_stop = state["checks_below_stop"]
         self._last_epoch = state["last_epoch"]
         self._stopped_epoch = state["stopped_epoch"]
 

@@ -39,12 +39,19 @@ class Term:
       weight: a float `>= 0` or an optax schedule `step -> weight` (warm-ups, ramps).
       example_weights: name of a `[batch]` array of per-example weights for the
         reduction (e.g. `overweight_high_targets`), or None for a plain mean.
+      reference: optional plain version of what the term is meant to weigh, a function of the
+        same `inputs` reduced the same way (e.g. `extreme_mae` for a term that rescales it).
+        The composite then logs `name/reference` and `name/effective_weight = weighted /
+        reference`, which equals `weight` unless `fn` rescales its value on the way (seed 002's
+        bug multiplied the extreme MAE by the share of samples holding extremes, cutting its
+        weight to a fifth); `jaxguard.guards.LossTermGuard` compares the two at run time.
     """
 
     fn: Callable[..., jax.Array]
     inputs: tuple[str, ...] = ("pred", "target")
     weight: optax.ScalarOrSchedule = 1.0
     example_weights: str | None = None
+    reference: Callable[..., jax.Array] | None = None
 
 
 def _reduce(name: str, values: jax.Array, weights: jax.Array | None) -> jax.Array:
@@ -92,7 +99,9 @@ class CompositeLoss:
 
         Returns:
           `(total, terms)`: the scalar total and a flat dict with, for every term
-          `name`, the keys `name` (raw value), `name/weight` and `name/weighted`.
+          `name`, the keys `name` (raw value), `name/weight` and `name/weighted`, and for a term
+          with a `reference`, `name/reference` and `name/effective_weight` (0 where the
+          reference is 0, i.e. where the term's data are absent from the batch).
         """
         weights = self.weights(step)
         total = jnp.zeros(())
@@ -113,6 +122,12 @@ class CompositeLoss:
             logged[name] = raw
             logged[f"{name}/weight"] = weights[name]
             logged[f"{name}/weighted"] = weighted
+            if term.reference is not None:
+                arguments = (inputs[key] for key in term.inputs)
+                reference = _reduce(name, term.reference(*arguments), example_weights)
+                logged[f"{name}/reference"] = reference
+                safe = jnp.where(reference != 0, reference, 1.0)
+                logged[f"{name}/effective_weight"] = jnp.where(reference != 0, weighted / safe, 0.0)
         return total, logged
 
 
@@ -132,6 +147,11 @@ def compose(**terms: Term) -> CompositeLoss:
             raise TypeError(f"compose: term {name!r} must be a jaxguard.losses.Term, got {term!r}.")
         if not callable(term.fn):
             raise TypeError(f"compose: term {name!r} has a `fn` that is not callable: {term.fn!r}.")
+        if term.reference is not None and not callable(term.reference):
+            raise TypeError(
+                f"compose: term {name!r} has a `reference` that is not callable: "
+                f"{term.reference!r}."
+            )
         if isinstance(term.inputs, str) or not term.inputs:
             raise TypeError(
                 f"compose: term {name!r} needs `inputs` as a non-empty tuple of names, "

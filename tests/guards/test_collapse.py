@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxguard.configs.base import get_config
+from jaxguard.guards.base import Diagnostics
 from jaxguard.guards.collapse import CollapseGuard, collapse_diagnostics
 
 NAN = float("nan")
@@ -170,3 +171,23 @@ def test_collapse_diagnostics_drops_nonfinite_pairs_and_handles_constants():
 def test_collapse_diagnostics_shape_mismatch_names_the_arguments():
     with pytest.raises(ValueError, match="collapse_diagnostics: `pred` has shape .* `target`"):
         collapse_diagnostics(np.ones(3), np.ones(4))
+
+
+def test_collapse_stops_inside_an_epoch_on_the_diagnostics_cadence():
+    guard = CollapseGuard(metric="std_ratio", warn_below=0.5, stop_below=0.1, patience=2)
+
+    def check(step, epoch, ratio):
+        metrics = {"std_ratio": ratio, "pred_std": ratio * 0.48, "target_std": 0.48}
+        return guard.on_diagnostics(Diagnostics(step, epoch, metrics))
+
+    assert check(100, 0, 0.01) is None  # Before start_epoch 1.
+    assert check(200, 1, 0.05) is None
+    assert check(300, 1, 0.5) is None  # Back above: the count restarts.
+    assert check(400, 1, 0.04) is None
+    event = check(500, 1, float("nan"))  # NaN predictions have no spread: below.
+    assert event.level == "stop" and event.step == 500 and event.epoch == 1
+    assert event.message.startswith("variance collapse inside epoch 1 (step 500)")
+    assert "for 2 diagnostics checks in a row" in event.message
+    # Diagnostics without the watched metric (a task that logs other keys) are skipped.
+    other = CollapseGuard(metric="std_ratio")
+    assert other.on_diagnostics(Diagnostics(100, 5, {"r2": 0.1})) is None

@@ -2,6 +2,7 @@
 
 import json
 
+import optax
 import pytest
 
 from jaxguard.configs.base import get_config
@@ -53,17 +54,29 @@ def _config():
 def test_from_config_order_nonfinite_spread_guards_task_guards_early_stopping():
     config = _config()
     config.collapse.enabled = config.ensemble_spread.enabled = True
+    config.disagreement.quality = ("r2:max",)
     log = []
     task_guards = [Recorder("zeta", log), Recorder("alpha", log)]
-    collection = GuardCollection.from_config(config, task_guards)
+    weights = {"mae": 1.0, "kl": optax.linear_schedule(0.0, 0.1, 100)}
+    collection = GuardCollection.from_config(
+        config, task_guards, loss_weights=weights, steps_per_epoch=10, last_epoch=19
+    )
     assert collection.names == (
         "nonfinite",
+        "loss_terms",
         "collapse",
         "ensemble_spread",
         "zeta",
         "alpha",
+        "volatility",
+        "disagreement",
+        "overfitting",
         "early_stopping",
+        "warmup",
     )
+    assert collection["warmup"].early_stopping is collection["early_stopping"]
+    assert [(ramp.term, ramp.end_epoch) for ramp in collection["warmup"].ramps] == [("kl", 10)]
+    assert collection["volatility"].metrics == (("loss", "min"),)
     assert isinstance(collection["nonfinite"], NonFiniteGuard)
     assert isinstance(collection["collapse"], CollapseGuard)
     assert isinstance(collection["ensemble_spread"], EnsembleSpreadGuard)
@@ -77,7 +90,15 @@ def test_from_config_leaves_out_the_disabled_guards():
     config = _config()
     assert config.collapse.enabled is False  # The shared defaults.
     assert config.ensemble_spread.enabled is False
-    assert GuardCollection.from_config(config).names == ("nonfinite", "early_stopping")
+    assert GuardCollection.from_config(config).names == (
+        "nonfinite",
+        "volatility",
+        "overfitting",
+        "early_stopping",
+    )
+    for name in ("volatility", "overfitting", "early_stopping"):
+        config[name].enabled = False
+    assert GuardCollection.from_config(config).names == ("nonfinite",)
     config.early_stopping.enabled = False
     collection = GuardCollection.from_config(config, [Recorder("task", [])])
     assert collection.names == ("nonfinite", "task")
@@ -162,7 +183,14 @@ def test_state_round_trip_resumes_every_guard():
     first = _built(config)
     head = _feed(first, 0, ratios[:3])
     saved = json.loads(json.dumps(first.state_dict(), allow_nan=False))
-    assert set(saved) == {"nonfinite", "collapse", "task", "early_stopping"}
+    assert set(saved) == {
+        "nonfinite",
+        "collapse",
+        "task",
+        "volatility",
+        "overfitting",
+        "early_stopping",
+    }
     assert saved["task"] == {"calls": 6}
     resumed = _built(config)
     resumed.load_state_dict(saved)
@@ -191,10 +219,14 @@ def test_check_metrics_prefixes_the_guard_section():
     config = _config()
     config.early_stopping.monitor = "loss - r3"
     collection = GuardCollection.from_config(config, [Recorder("task", [], needs=["r2"])])
+    # Early stopping is checked first: the volatility guard reads the same monitor, and the
+    # key to fix is early stopping's.
+    with pytest.raises(ValueError, match=r"^guard\.early_stopping: monitor 'loss - r3': unknown"):
+        collection.check_metrics(["loss", "train_loss"])
+    config.early_stopping.monitor = "loss"
+    collection = GuardCollection.from_config(config, [Recorder("task", [], needs=["r2"])])
     with pytest.raises(ValueError, match=r"^guard\.task: needs the metric r2$"):
         collection.check_metrics(["loss", "train_loss"])
-    with pytest.raises(ValueError, match=r"^guard\.early_stopping: monitor 'loss - r3': unknown"):
-        collection.check_metrics(["loss", "r2", "train_loss"])
     config.early_stopping.monitor = "loss - r2"
     GuardCollection.from_config(config, [Recorder("task", [], needs=["r2"])]).check_metrics(
         iter(["loss", "r2", "train_loss"])  # Any iterable, read once per guard.

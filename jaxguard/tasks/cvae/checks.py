@@ -117,7 +117,6 @@ def _check_guards(guard: ConfigDict) -> None:
     )
     _at_least("guard.active_units.activity_threshold", active.activity_threshold, 0)
     _at_least("guard.active_units.start_epoch", active.start_epoch, 0)
-    _at_least("guard.volatility.warn_change", guard.volatility.warn_change, 0)
 
 
 def check_config(config: ConfigDict) -> None:

@@ -1,15 +1,14 @@
-"""The cVAE task's guards: posterior collapse and a volatile validation reconstruction loss.
+"""The cVAE task's own guard: posterior collapse.
 
 `ActiveUnitsGuard` (`guard.active_units`) warns when few latent units are active (posterior
-collapse) and reports when they recover; `VolatilityGuard` (`guard.volatility`) warns when the
-validation reconstruction loss jumps between epochs (seed 002's symptom). Both only warn, run
-after every evaluation (`on_evaluation`, which calls their `update(epoch, metrics)`) and keep a
-JSON state for `--resume`.
+collapse) and reports when they recover. It only warns, runs after every evaluation
+(`on_evaluation`, which calls its `update(epoch, metrics)`) and keeps a JSON state for
+`--resume`. The volatility of the reconstruction loss (seed 002) is watched by the shared
+`guard.volatility` (`jaxguard.guards.VolatilityGuard`), which the cvae config points at it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -86,63 +85,14 @@ class ActiveUnitsGuard(guards_lib.Guard):
         self._collapsed = bool(state["collapsed"])
 
 
-class VolatilityGuard(guards_lib.Guard):
-    """Warns when the validation reconstruction loss jumps between epochs (seed 002's symptom).
-
-    The seed's `val_L_rec` went from 2.13 at epoch 5 to 6.55 at epoch 22 with
-    `lambda_ext = 10`: the extreme term on a handful of heavy days dominated it.
-    The guard compares `rec_loss` with the previous evaluation's and warns when
-    the relative change exceeds `warn_change`; the run's report summarizes the
-    epoch-to-epoch changes over the whole run.
-    """
-
-    name = "volatility"
-    # Metrics `update` reads.
-    reads = ("rec_loss",)
-
-    def __init__(self, *, warn_change: float):
-        self.warn_change = warn_change
-        self._previous: tuple[int, float] | None = None
-
-    def update(self, epoch: int, metrics: Mapping[str, float]) -> guards_lib.GuardEvent | None:
-        value = float(metrics["rec_loss"])
-        previous, self._previous = self._previous, (epoch, value)
-        if previous is None or not math.isfinite(value) or previous[1] == 0:
-            return None
-        change = (value - previous[1]) / abs(previous[1])
-        if abs(change) <= self.warn_change:
-            return None
-        return guards_lib.GuardEvent(
-            self.name,
-            "warn",
-            f"validation reconstruction loss changed {change:+.0%} from epoch {previous[0]} "
-            f"({previous[1]:.4g}) to epoch {epoch} ({value:.4g}); a few heavy days drive the "
-            "extreme term (seed 002): oversample them (data.oversample_extremes) or lower "
-            "loss.lambda_ext",
-            epoch,
-        )
-
-    def on_evaluation(self, evaluation: guards_lib.Evaluation) -> guards_lib.GuardEvent | None:
-        return self.update(evaluation.epoch, evaluation.metrics)
-
-    def check_metrics(self, available: Iterable[str]) -> None:
-        guards_lib.require_metrics(self.reads, available)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"previous": self._previous}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._previous = tuple(state["previous"]) if state["previous"] is not None else None
-
-
 # The `guard.<name>` sections of this task's config, in the order the guards run.
-GUARD_NAMES = (ActiveUnitsGuard.name, VolatilityGuard.name)
+GUARD_NAMES = (ActiveUnitsGuard.name,)
 
 
 def make_guards(config: ConfigDict, splits) -> list[guards_lib.Guard]:
-    """The guards `guard.active_units` and `guard.volatility` enable (`warn_change` 0: off)."""
+    """The guard `guard.active_units` enables."""
     del splits
-    active, volatility = config.guard.active_units, config.guard.volatility
+    active = config.guard.active_units
     found: list[guards_lib.Guard] = []
     if active.enabled:
         found.append(
@@ -153,6 +103,4 @@ def make_guards(config: ConfigDict, splits) -> list[guards_lib.Guard]:
                 start_epoch=active.start_epoch,
             )
         )
-    if volatility.warn_change > 0:
-        found.append(VolatilityGuard(warn_change=volatility.warn_change))
     return found

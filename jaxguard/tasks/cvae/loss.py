@@ -85,7 +85,10 @@ def make_loss(config: ConfigDict, splits, steps_per_epoch: int) -> losses.Compos
         **ensemble,
         **{
             extreme_term_name(config): losses.Term(
-                functools.partial(extreme_fn, threshold=threshold), weight=cfg.lambda_ext
+                functools.partial(extreme_fn, threshold=threshold),
+                weight=cfg.lambda_ext,
+                # The plain extreme MAE: the guard.loss_terms check of the term's effective weight.
+                reference=functools.partial(losses.extreme_mae, threshold=threshold),
             )
         },
         kl=losses.Term(

@@ -56,7 +56,7 @@ def test_bundled_configs_pass(variant):
         (["guard.active_units.min_active_fraction=1.5"], "guard.active_units.min_active_fraction"),
         (["guard.active_units.activity_threshold=-0.1"], "guard.active_units.activity_threshold"),
         (["guard.active_units.start_epoch=-1"], "guard.active_units.start_epoch"),
-        (["guard.volatility.warn_change=-0.5"], "guard.volatility.warn_change"),
+        (["guard.volatility.max_jump=-0.5"], "guard.volatility.max_jump"),
     ],
 )
 def test_a_bad_value_is_one_config_error_naming_the_key(overrides, key):
@@ -70,7 +70,8 @@ def test_a_bad_value_is_one_config_error_naming_the_key(overrides, key):
     "override, new",
     [
         ("model.collapse_guard.enabled=False", "guard.active_units.enabled"),
-        ("model.volatility_warn_change=0.5", "guard.volatility.warn_change"),
+        ("model.volatility_warn_change=0.5", "guard.volatility.max_jump"),
+        ("guard.volatility.warn_change=0.5", "guard.volatility.max_jump"),
     ],
 )
 def test_moved_guard_keys_name_their_new_place(override, new):
@@ -81,6 +82,6 @@ def test_moved_guard_keys_name_their_new_place(override, new):
 def test_a_missing_guard_section_is_named():
     config = config_lib.load_config(SMALL)
     config.unlock()
-    del config.guard["volatility"]
-    with pytest.raises(ConfigError, match=r"^guard.volatility is missing"):
+    del config.guard["active_units"]
+    with pytest.raises(ConfigError, match=r"^guard.active_units is missing"):
         TASK.check_config(config)

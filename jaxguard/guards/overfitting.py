@@ -1,0 +1,105 @@
+"""The overfitting guard: validation loss climbs away from its best while training loss falls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from jaxguard._checks import check_positive
+from jaxguard.guards.base import (
+    Evaluation,
+    Guard,
+    GuardEvent,
+    check_count,
+    check_state_matches,
+    format_figure,
+    require_metrics,
+)
+
+
+class OverfittingGuard(Guard):
+    """Warns when a validation loss stays well above its best while the training loss keeps falling.
+
+    Seed 004 trained 45 epochs past its best (val loss 0.606 at epoch 10, 1.509 at epoch 55,
+    train loss 0.10) with nothing to say so. From `start_epoch` on, with `best` the lowest
+    validation `metric` so far and `train_at_best` the training loss of that evaluation, an
+    evaluation counts when
+
+        metric > best + rise * |best|   and   train_loss < train_at_best;
+
+    any other evaluation resets the count. At `patience` counted evaluations in a row the guard
+    warns once (per stretch), with the figures and the best epoch, whose checkpoint is the one
+    to keep. Lower is better for `metric` (a loss).
+
+    Args:
+      metric: The validation loss watched (unprefixed name), "loss" by default.
+      rise: Relative margin above the best.
+      patience: Counted evaluations in a row before the warning.
+      start_epoch: Earlier evaluations are ignored (no best is recorded from them).
+    """
+
+    name = "overfitting"
+
+    def __init__(
+        self, metric: str = "loss", rise: float = 0.2, patience: int = 3, start_epoch: int = 1
+    ):
+        owner = type(self).__name__
+        self.metric = str(metric)
+        check_positive(owner, "rise", rise)
+        self.rise = float(rise)
+        self.patience = check_count(owner, "patience", patience, 1)
+        self.start_epoch = check_count(owner, "start_epoch", start_epoch, 0)
+        self._best: tuple[int, float, float] | None = None  # (epoch, metric, train_loss)
+        self._count = 0
+        self._warned = False
+
+    def update(self, epoch: int, metrics: Mapping[str, float]) -> GuardEvent | None:
+        """Takes one evaluation's metrics (with `train_loss`); returns a "warn" event or None."""
+        if epoch < self.start_epoch:
+            return None
+        value, train = float(metrics[self.metric]), float(metrics["train_loss"])
+        if not (math.isfinite(value) and math.isfinite(train)):
+            return None
+        if self._best is None or value < self._best[1]:
+            self._best = (epoch, value, train)
+        best_epoch, best, train_at_best = self._best
+        if value > best + self.rise * abs(best) and train < train_at_best:
+            self._count += 1
+        else:
+            self._count, self._warned = 0, False
+        if self._count < self.patience or self._warned:
+            return None
+        self._warned = True
+        return GuardEvent(
+            self.name,
+            "warn",
+            f"overfitting at epoch {epoch}: val {self.metric} {format_figure(value)} has stayed "
+            f"more than {self.rise:.0%} above its best {format_figure(best)} (epoch {best_epoch}) "
+            f"for {self._count} evaluations while the training loss fell from "
+            f"{format_figure(train_at_best)} to {format_figure(train)}; the epoch {best_epoch} "
+            "checkpoint is the one to keep: stop there (early stopping), add data or "
+            "augmentation, or shrink the model",
+            epoch,
+        )
+
+    def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
+        return self.update(evaluation.epoch, evaluation.metrics)
+
+    def check_metrics(self, available) -> None:
+        require_metrics([self.metric, "train_loss"], available)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "best": None if self._best is None else list(self._best),
+            "count": self._count,
+            "warned": self._warned,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        check_state_matches(type(self).__name__, state, metric=self.metric)
+        best = state["best"]
+        self._best = None if best is None else (int(best[0]), float(best[1]), float(best[2]))
+        self._count = int(state["count"])
+        self._warned = bool(state["warned"])
