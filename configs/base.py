@@ -135,6 +135,9 @@ def get_config() -> config_dict.ConfigDict:
     config.log = config_dict.ConfigDict()
     config.log.every_steps = 20  # Training scalars (loss terms, gradient and update norms, lr).
     config.log.diagnostics_every_steps = 100  # Val-batch pred std / R2, histograms, weight norms.
+    # Each loss term's share of the gradient at every diagnostics step (one backward pass per
+    # term; guard.loss_terms.min_share reads it).
+    config.log.term_gradients = True
     config.log.histogram_bins = 20
     config.log.progress = True  # Console progress bar.
 

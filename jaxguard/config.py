@@ -529,6 +529,11 @@ def validate(config: config_dict.ConfigDict) -> None:
         ("guard.loss_terms.weight_tolerance", guard.loss_terms.weight_tolerance),
     ):
         _require(value > 0, f"{key} must be > 0, got {value!r}")
+    _require(
+        log.term_gradients or not guard.loss_terms.min_share,
+        "guard.loss_terms.min_share reads the gradient shares that log.term_gradients=False "
+        "turns off",
+    )
     for term, floor in guard.loss_terms.min_share.items():
         _require(
             isinstance(floor, (int, float)) and 0 < floor < 1,

@@ -58,7 +58,9 @@ class Run:
     param_count: int
     train_step: Callable
     eval_step: Callable
-    term_gradients: Callable  # steps.make_term_gradients: each loss term's gradient share.
+    # steps.make_term_gradients (each loss term's gradient share), None when log.term_gradients
+    # is off.
+    term_gradients: Callable | None
     empty_metrics: Any
     guards: GuardCollection
     best: BestCheckpoint | None
@@ -166,7 +168,10 @@ def write_diagnostics(run: Run, epoch: int, val_batch, train_batch) -> None:
     model = nnx.merge(run.graphdef, run.state.params, run.state.model_state)
     head = nnx.to_pure_dict(nnx.state(run.task.head(model), nnx.Param))
     scalars["diag/head_weight_norm"] = float(optax.tree.norm(head))
-    terms = {key: float(value) for key, value in run.term_gradients(run.state, train_batch).items()}
+    terms = {}
+    if run.term_gradients is not None:
+        measured = run.term_gradients(run.state, train_batch)
+        terms = {key: float(value) for key, value in measured.items()}
     run.writer.write_scalars(step, {**scalars, **terms})
     run.writer.write_histograms(
         step, run.task.histograms(jax.tree.map(np.asarray, outputs), val_batch)

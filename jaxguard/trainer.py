@@ -227,7 +227,11 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         param_count=param_count,
         train_step=make_train_step(built.graphdef, task, loss_fn, built.tx, built.schedule),
         eval_step=eval_step,
-        term_gradients=make_term_gradients(built.graphdef, task, loss_fn),
+        term_gradients=(
+            make_term_gradients(built.graphdef, task, loss_fn)
+            if config.log.term_gradients
+            else None
+        ),
         empty_metrics=empty_metrics,
         guards=guards,
         best=best,
