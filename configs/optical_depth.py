@@ -15,6 +15,18 @@ Variants (`--cfg configs/optical_depth.py:NAME`) reproduce seed 000's runs:
   run2  as run1 without pretraining and with head init std 0.01, bias 0
   run3  as run2 with head init std 0.1 (the seed's collapse, std ratio 3.4%; on this
         data it does not collapse: test R² 0.755, std ratio 0.91)
+  collapse        run3 on weak-signal data (`data.signal="faint"`: 62% of targets at a haze
+                  mode the frames do not predict, oracle R² ~0.33), 1000 train sequences,
+                  15 epochs, ~30-60 s. MAE drifts to the mode from epoch 0 (the onset): val
+                  std ratio < 0.4 at every epoch (seed 0: 0.35 -> 0.10-0.30; seed 1: 0.25 ->
+                  0.14), pred std 0.04-0.12 against a target std ~0.36, while val loss creeps
+                  down (0.240 -> 0.223; 0.234 -> 0.222) and val Pearson stays ~0.5. Test std
+                  ratio 0.23 / 0.18, test R² 0.17 / 0.14 (seeds 0 / 1). The collapse guard
+                  warns from epoch 2 on but never stops (std ratio stays above stop_below 0.1).
+  collapse_fixed  the default (seed 001's fixes) on the same data: test std ratio 0.59 /
+                  0.94, test R² 0.28 / -0.03 (seeds 0 / 1). The spread comes back, but with
+                  the variance penalty forcing pred std ~ target std, R² ~ 2r - 1 for a
+                  correlation r ~0.5: on data this weak the fix does not buy R² reliably.
   small a seconds-long run for tests and smoke checks
 """
 
@@ -36,6 +48,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data.frames = 3
     config.data.image_size = 16
     config.data.noise = 0.3  # Pixel noise std per frame.
+    config.data.signal = "clear"  # clear | faint: how much of the target the frames reveal.
 
     # Model: per-frame conv encoder, multi-scale temporal attention, regression head.
     config.model = config_dict.ConfigDict()
@@ -87,13 +100,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.guard.collapse.stop_below = 0.1
     config.guard.collapse.patience = 3
     config.guard.collapse.start_epoch = 2
+    # R² is what the run is for: warn when a val-loss monitor (the run variants) improves
+    # while R² falls behind its best. Off while R² is itself the monitor.
+    config.guard.disagreement.quality = ("r2:max",)
 
     config.log.every_steps = 20
     config.log.diagnostics_every_steps = 100
 
     if arg is None:
         return config
-    if arg in ("run1", "run2", "run3"):
+    if arg in ("run1", "run2", "run3", "collapse"):
         config.data.frames = 7
         config.model.attention_scales = (1, 3, 7)
         config.loss.base = "mae"
@@ -108,6 +124,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         else:
             config.model.head_init_std = 0.01 if arg == "run2" else 0.1
             config.model.head_bias_init = 0.0
+        if arg == "collapse":  # run3 on the weak-signal data.
+            _faint(config)
+    elif arg == "collapse_fixed":
+        _faint(config)
+        # Seed 001's fixes with a lighter variance term: at 0.5 it outweighs the MSE on this
+        # weak signal and pins pred std to target std (test R² 0.28 / -0.03, val R² swinging
+        # by 0.4 between epochs); MSE alone sits at std ratio ~0.4, the collapse guard's line.
+        config.loss.variance_weight = 0.1
     elif arg == "small":
         config.data.num_train = 256
         config.data.num_val = 64
@@ -124,5 +148,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.log.every_steps = 4
         config.log.diagnostics_every_steps = 8
     else:
-        raise ValueError(f"unknown variant {arg!r}; choose run1, run2, run3 or small")
+        raise ValueError(
+            f"unknown variant {arg!r}; choose run1, run2, run3, collapse, collapse_fixed or small"
+        )
     return config
+
+
+def _faint(config: config_dict.ConfigDict) -> None:
+    """The weak-signal data of `collapse` and `collapse_fixed`, sized for a ~30 s run."""
+    config.data.signal = "faint"
+    config.data.num_train = 1000
+    config.train.epochs = 15

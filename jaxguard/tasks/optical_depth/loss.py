@@ -12,6 +12,7 @@ from ml_collections import ConfigDict
 
 from jaxguard import losses
 from jaxguard.config import ConfigError
+from jaxguard.tasks.optical_depth.data import SIGNALS
 
 BASE_LOSSES = {"mse": lambda p, t: (p - t) ** 2, "mae": losses.absolute_error}
 # config.loss weight key -> (term name, batch-statistic loss).
@@ -54,6 +55,8 @@ def check_config(config: ConfigDict) -> None:
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]!r}")
     if d.noise < 0:
         raise ConfigError(f"data.noise must be >= 0, got {d.noise!r}")
+    if d.signal not in SIGNALS:
+        raise ConfigError(f"data.signal must be one of {', '.join(SIGNALS)}, got {d.signal!r}")
     for key in ("base_weight", *REMEDIES, "diversity_weight"):
         if cfg[key] < 0:
             raise ConfigError(f"loss.{key} must be >= 0, got {cfg[key]!r}")
