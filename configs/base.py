@@ -102,7 +102,9 @@ def get_config() -> config_dict.ConfigDict:
     # Watched beside the early-stopping monitor, as "name:min" or "name:max".
     volatility.metrics = ()
     volatility.max_jump = 1.0  # Worsening from one evaluation to the next, relative (1: doubled).
-    volatility.start_epoch = 1
+    # Evaluations before it only record values; None: early stopping's start_epoch, and at
+    # least 2 (the first epochs move a lot, and early stopping does not count them).
+    volatility.start_epoch = config_dict.placeholder(int)
 
     disagreement = config.guard.disagreement = config_dict.ConfigDict()
     disagreement.enabled = True

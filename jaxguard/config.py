@@ -494,7 +494,6 @@ def validate(config: config_dict.ConfigDict) -> None:
         ("guard.ensemble_spread.start_epoch", guard.ensemble_spread.start_epoch, 0),
         ("guard.best.start_epoch", best.start_epoch, 0),
         ("guard.nonfinite.max_consecutive", guard.nonfinite.max_consecutive, 1),
-        ("guard.volatility.start_epoch", guard.volatility.start_epoch, 0),
         ("guard.disagreement.tolerance", guard.disagreement.tolerance, 0),
         ("guard.disagreement.patience", guard.disagreement.patience, 1),
         ("guard.disagreement.start_epoch", guard.disagreement.start_epoch, 0),
@@ -522,6 +521,10 @@ def validate(config: config_dict.ConfigDict) -> None:
         optim.warmup_epochs < train.epochs,
         f"optim.warmup_epochs ({optim.warmup_epochs!r}) must be < train.epochs "
         f"({train.epochs!r}), else the warm-up never finishes",
+    )
+    _require(
+        guard.volatility.start_epoch is None or guard.volatility.start_epoch >= 0,
+        f"guard.volatility.start_epoch must be >= 0 or None, got {guard.volatility.start_epoch!r}",
     )
     for key, value in (
         ("guard.volatility.max_jump", guard.volatility.max_jump),

@@ -160,8 +160,11 @@ def _comparison_guards(guard_config: Any) -> list[Guard]:
         watched = parse_watched("guard.volatility", "metrics", volatility.metrics)
         if stop.enabled and stop.monitor not in dict(watched):
             watched = ((stop.monitor, stop.mode), *watched)
+        start = volatility.start_epoch
+        if start is None:
+            start = max(2, stop.start_epoch if stop.enabled else 0)
         if watched:
-            found.append(VolatilityGuard(watched, volatility.max_jump, volatility.start_epoch))
+            found.append(VolatilityGuard(watched, volatility.max_jump, start))
     disagreement = guard_config.disagreement
     quality = parse_watched("guard.disagreement", "quality", disagreement.quality)
     quality = tuple(pair for pair in quality if pair[0] != stop.monitor)

@@ -231,3 +231,12 @@ def test_check_metrics_prefixes_the_guard_section():
     GuardCollection.from_config(config, [Recorder("task", [], needs=["r2"])]).check_metrics(
         iter(["loss", "r2", "train_loss"])  # Any iterable, read once per guard.
     )
+
+
+def test_volatility_starts_with_early_stopping_and_not_before_epoch_2():
+    config = _config()
+    assert GuardCollection.from_config(config)["volatility"].start_epoch == 2
+    config.early_stopping.start_epoch = 4
+    assert GuardCollection.from_config(config)["volatility"].start_epoch == 4
+    config.volatility.start_epoch = 0
+    assert GuardCollection.from_config(config)["volatility"].start_epoch == 0
