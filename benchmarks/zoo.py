@@ -233,8 +233,8 @@ ZOO: tuple[Failure, ...] = (
     Failure(
         name="ensemble collapse",
         seed="002 (found here)",
-        failure="configs/cvae.py:mean_only",
-        twin="configs/cvae.py",
+        failure="configs/cvae.py:zoo_mean_only",
+        twin="configs/cvae.py:zoo_fixed",
         guards=("ensemble_spread",),
         signal=lambda r: {"val spread/skill (last)": r.history[-1]["val_spread_skill"]},
         reproduced=lambda f, t: f["val spread/skill (last)"] < 0.5 <= t["val spread/skill (last)"],
