@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-LINT_PATHS := jaxguard tests benchmarks configs
+LINT_PATHS := jaxguard tests benchmarks configs tools
 
 .PHONY: setup run test lint bench clean
 

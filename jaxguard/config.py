@@ -23,9 +23,11 @@ Command-line entry points share one pattern::
 import argparse
 import ast
 import difflib
+import fnmatch
 import importlib.util
 import inspect
 import itertools
+import json
 import os
 import sys
 import traceback
@@ -66,6 +68,17 @@ MOVED_KEYS = {
     "eval.every_epochs": "was removed: every epoch is evaluated",
     "ckpt.every_epochs": "was removed: every epoch is checkpointed",
 }
+# Keys a resumed run may change (`fnmatch` patterns); any other change is refused, since it
+# would change the data, the model, the saved arrays or the meaning of the guards' states.
+RESUMABLE_KEYS = (
+    "workdir",
+    "train.epochs",
+    "optim.lr",
+    "guard.*.patience",
+    "eval.batch_size",
+    "log.*",
+    "ckpt.*",
+)
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 MONITOR_MODES = ("min", "max")
@@ -255,7 +268,14 @@ def _build_config(path: Path, variant: str | None) -> config_dict.ConfigDict:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # Dataclasses and pickling look the module up by name.
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise ConfigError(f"config {path} line {error.lineno}: syntax error: {error.msg}") from None
+    except Exception as error:  # Whatever the file's own code raises on import.
+        raise ConfigError(
+            f"config {path}{_config_line(error, path)}: {_error_name(error)}"
+        ) from error
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ConfigError(f"config {path} defines no get_config()")
@@ -265,12 +285,18 @@ def _build_config(path: Path, variant: str | None) -> config_dict.ConfigDict:
         config = get_config() if variant is None else get_config(variant)
     except (ValueError, KeyError) as error:
         if variant is None:
-            raise
+            raise ConfigError(
+                f"config {path}{_config_line(error, path)}: {_error_name(error)}"
+            ) from error
         raise ConfigError(
             f"config {path} has no variant {variant!r}: {_error_text(error)}"
         ) from error
     except TypeError as error:  # ConfigDict's type safety: `config.train.epochs = "ten"`.
         raise ConfigError(f"config {path}{_config_line(error, path)}: {error}") from error
+    except Exception as error:  # Whatever else get_config() raises.
+        raise ConfigError(
+            f"config {path}{_config_line(error, path)}: {_error_name(error)}"
+        ) from error
     if not isinstance(config, config_dict.ConfigDict):
         raise ConfigError(
             f"get_config() of {path} returned {type(config).__name__}, expected ConfigDict"
@@ -291,6 +317,11 @@ def _takes_positional_argument(function: Callable) -> bool:
 def _error_text(error: Exception) -> str:
     # A KeyError's str() is the repr of its argument; the argument itself reads better.
     return str(error.args[0]) if len(error.args) == 1 else str(error)
+
+
+def _error_name(error: Exception) -> str:
+    """`Type: text` of an exception raised by a config file's own code."""
+    return f"{type(error).__name__}: {_error_text(error)}"
 
 
 def _config_line(error: Exception, path: Path) -> str:
@@ -569,20 +600,78 @@ def save_config(config: config_dict.ConfigDict, path: str | os.PathLike) -> None
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)  # Atomic: a crash leaves the old file or the new one, never half.
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def _flatten_json(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        flat = {}
+        for name, inner in value.items():
+            flat.update(_flatten_json(inner, f"{prefix}{name}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def resume_changes(
+    config: config_dict.ConfigDict, saved_path: str | os.PathLike, *, warn: Callable[[str], None]
+) -> list[tuple[str, object, object]]:
+    """`(key, saved value, new value)` for each key where `config` differs from `saved_path`.
+
+    Values are compared as JSON (tuples as lists). A saved file that cannot be read gives
+    a `warn` line and no changes: the run resumes, and the file is written anew.
+    """
+    try:
+        saved = _flatten_json(json.loads(Path(saved_path).read_text()))
+    except (OSError, ValueError) as error:
+        warn(f"warning: {saved_path} unreadable ({error}); resuming without comparing configs")
+        return []
+    current = _flatten_json(json.loads(config.to_json_best_effort()))
+    missing = object()
+    return [
+        (key, saved.get(key), current.get(key))
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key, missing) != current.get(key, missing)
+    ]
+
+
+def check_resume_changes(changes: Sequence[tuple[str, object, object]]) -> None:
+    """Raises a ConfigError naming the changed keys that `RESUMABLE_KEYS` does not allow."""
+    refused = [
+        f"{key} {old!r} -> {new!r}"
+        for key, old, new in changes
+        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_KEYS)
+    ]
+    if refused:
+        raise ConfigError(
+            f"--resume with a changed config: {'; '.join(refused)} cannot change on resume "
+            f"(only {', '.join(RESUMABLE_KEYS)} can); resume with the saved config.json's "
+            "values or start a new --workdir"
+        )
 
 
 # ----------------------------------------------------------------------------- command line
 
 
 def parse_cli(
-    argv: Sequence[str], *, prog: str | None = None, description: str | None = None
+    argv: Sequence[str],
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+    debug_flag: bool = False,
 ) -> tuple[argparse.Namespace, list[str]]:
     """Parses `--cfg SPEC [--workdir DIR] [--resume] [--cfg.KEY=VALUE | --cfg.KEY VALUE]...`.
 
+    `debug_flag` adds `--debug` (tracebacks instead of one-line errors).
+
     Returns:
-        The namespace (`cfg`, `workdir`: str or None, `resume`: bool) and the overrides as
-        `KEY=VALUE` strings for `load_config`, in command-line order.
+        The namespace (`cfg`, `workdir`: str or None, `resume`: bool, and `debug`: bool with
+        `debug_flag`) and the overrides as `KEY=VALUE` strings for `load_config`, in
+        command-line order.
 
     Raises:
         SystemExit: with code 2 (argparse's usage error) on a missing --cfg, an unknown argument,
@@ -605,6 +694,10 @@ def parse_cli(
     parser.add_argument(
         "--resume", action="store_true", help="Continue from the latest checkpoint in workdir."
     )
+    if debug_flag:
+        parser.add_argument(
+            "--debug", action="store_true", help="Show tracebacks instead of one-line errors."
+        )
     # Overrides are picked out before argparse so that a value may start with '-' (--cfg.x -1).
     remaining, overrides = [], []
     tokens = iter(argv)

@@ -6,9 +6,16 @@ here is one stage of `trainer.train_and_evaluate`'s epoch, testable on its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -41,6 +48,74 @@ class RunStopped(Exception):
     def __init__(self, event: GuardEvent):
         super().__init__(event.message)
         self.event = event
+
+
+# Exit codes of a run stopped by a signal: 128 + the signal number, as shells report it.
+SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# Tests only: `JAXGUARD_TEST_PAUSE_AT=<point>:<n>` pauses the n-th time `<point>` is reached.
+PAUSE_ENV = "JAXGUARD_TEST_PAUSE_AT"
+_pause_counts: Counter = Counter()
+
+
+class Interrupt:
+    """SIGTERM and SIGINT as a request to stop at the next step; a second signal exits at once.
+
+    The first signal only records its number: the loop finishes the step it is in, saves a
+    checkpoint and raises `RunInterrupted`. A second one ends the process with
+    `128 + signal` without running anything else; the committed checkpoints stay intact
+    because orbax writes into a temporary folder and renames it when complete.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[Interrupt]:
+        """Handles SIGTERM and SIGINT inside the block (main thread only), then restores."""
+        previous = {signum: signal.signal(signum, self._handle) for signum in SIGNAL_EXIT_CODES}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        del frame
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+
+class RunInterrupted(Exception):
+    """Raised when the loop stopped at a signal; `saved` says what the last checkpoint holds."""
+
+    def __init__(self, signum: int, saved: str):
+        self.signum = signum
+        self.saved = saved
+        super().__init__(f"{signal.Signals(signum).name}: {saved}")
+
+    @property
+    def exit_code(self) -> int:
+        return SIGNAL_EXIT_CODES.get(self.signum, 128 + self.signum)
+
+
+def pause_point(point: str, interrupt: Interrupt) -> None:
+    """For tests: pauses here when `JAXGUARD_TEST_PAUSE_AT` names this occurrence of `point`.
+
+    Prints `JAXGUARD_TEST_PAUSED <point>:<n>` to stderr and sleeps until a signal arrives
+    (SIGKILL ends it; SIGTERM/SIGINT resume the run, which then stops as on any signal). The
+    points: `step` (after each train step), `save` (before a checkpoint is written),
+    `between_latest_and_best` (latest committed, best not yet).
+    """
+    wanted = os.environ.get(PAUSE_ENV)
+    if not wanted:
+        return
+    _pause_counts[point] += 1
+    if wanted != f"{point}:{_pause_counts[point]}":
+        return
+    print(f"JAXGUARD_TEST_PAUSED {wanted}", file=sys.stderr, flush=True)
+    while interrupt.signum is None:
+        time.sleep(0.02)
 
 
 @dataclasses.dataclass
@@ -77,6 +152,9 @@ class Run:
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     train_losses: list[float] = dataclasses.field(default_factory=list)  # This epoch's, logged.
     stopped_by: GuardEvent | None = None
+    interrupt: Interrupt = dataclasses.field(default_factory=Interrupt)
+    saved_step: int = -1  # Step of the last checkpoint written or restored.
+    resume_steps: int = 0  # Steps of `start_epoch` a mid-epoch checkpoint already trained.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +188,15 @@ def periodic_actions(config: ConfigDict, diag_batch) -> tuple[PeriodicAction, ..
 
 
 def train_epoch(run: Run, epoch: int) -> list[float]:
-    """One epoch of train steps with the periodic actions; returns the losses logged."""
-    run.train_losses = []
+    """One epoch of train steps with the periodic actions; returns the losses logged.
+
+    A resumed run skips the steps its mid-epoch checkpoint already trained. At a signal
+    (`run.interrupt`), the epoch stops after the current step: unless it was the epoch's
+    last, a mid-epoch checkpoint is saved and `RunInterrupted` raised.
+    """
+    done = run.resume_steps if epoch == run.start_epoch else 0
+    if not done:
+        run.train_losses = []
     batches = iterate_batches(
         run.splits["train"],
         run.config.train.batch_size,
@@ -119,14 +204,27 @@ def train_epoch(run: Run, epoch: int) -> list[float]:
         drop_last=True,
     )
     steps = run.steps_per_epoch
-    for index, batch in zip(range(steps), batches, strict=False):
+    for index, batch in itertools.islice(enumerate(batches), done, steps):
         sharded = run.shard(batch)
         run.state, measurements = run.train_step(run.state, sharded)
         step = int(run.state.step)
         for action in run.actions:
             if action.should_trigger(step, index == steps - 1):
                 action.apply(run, epoch, index, measurements, sharded)
+        pause_point("step", run.interrupt)
+        if run.interrupt.signum is not None and index < steps - 1:
+            save_checkpoint(run, epoch, False, in_epoch={"steps": index + 1})
+            raise_interrupted(run)
     return run.train_losses
+
+
+def raise_interrupted(run: Run) -> None:
+    """Raises `RunInterrupted` for the pending signal, naming the checkpoint to resume from."""
+    if run.saved_step < 0:
+        saved = "no checkpoint yet: the run starts from scratch"
+    else:
+        saved = f"checkpoint at step {run.saved_step} (epoch {run.epoch})"
+    raise RunInterrupted(run.interrupt.signum, saved)
 
 
 def report_events(run: Run, events: list[GuardEvent], step: int) -> GuardEvent | None:
@@ -246,10 +344,34 @@ def epoch_line(run: Run, record: dict, val: dict) -> str:
     return " | ".join(parts)
 
 
-def save_checkpoint(run: Run, epoch: int, is_best: bool) -> None:
+def save_checkpoint(
+    run: Run,
+    epoch: int,
+    is_best: bool,
+    *,
+    in_epoch: dict | None = None,
+    stop: GuardEvent | None = None,
+) -> None:
+    """Saves `latest/` (and then `best/` when `is_best`) with the host-side state as meta.
+
+    `in_epoch` (`{"steps": k}`) marks a mid-epoch save after k steps of `epoch`, with the
+    epoch's logged losses; `stop` records the guard that ended the run, so that resuming
+    a stopped run finishes it instead of training on. `latest/` goes first: a crash
+    between the two saves is repaired on resume (`trainer.repair_best`).
+    """
     meta = {"epoch": epoch, "history": run.history, "guards": run.guards.state_dict()}
     meta["best"] = run.best.state_dict() if run.best is not None else None
-    run.checkpoints.save(int(run.state.step), run.state, meta, is_best=is_best)
+    if in_epoch is not None:
+        meta["in_epoch"] = {**in_epoch, "train_losses": run.train_losses}
+    if stop is not None:
+        meta["stopped_by"] = dataclasses.asdict(stop)
+    step = int(run.state.step)
+    pause_point("save", run.interrupt)
+    run.checkpoints.save_latest(step, run.state, meta)
+    if is_best:
+        pause_point("between_latest_and_best", run.interrupt)
+        run.checkpoints.save_best(step, run.state, meta)
+    run.saved_step = step
     run.writer.flush()
 
 

@@ -61,20 +61,37 @@ def shared_report_lines(summary: RunSummary) -> list[str]:
 
 
 def truncate_csv(path: str, *, last_epoch: int) -> None:
-    """Drops rows written after the checkpoint a resumed run restarts from."""
+    """Drops rows written after the checkpoint a resumed run restarts from.
+
+    A row a crash cut short (no epoch, or a file without a header) is dropped too; a file
+    left without a readable header is removed, and the resumed run writes it anew.
+    """
     if not os.path.exists(path):
         return
-    with open(path) as f:
+    with open(path, newline="") as f:  # Keeps the csv module's \r\n line ends as they are.
         lines = f.readlines()
-    header = lines[0].rstrip("\n").split(",")
+    header = lines[0].rstrip("\r\n").split(",") if lines and lines[0].endswith("\n") else []
+    if "epoch" not in header:
+        os.remove(path)
+        return
     epoch_col = header.index("epoch")
     kept = [lines[0]] + [
-        line for line in lines[1:] if float(line.split(",")[epoch_col]) <= last_epoch
+        line
+        for line in lines[1:]
+        if line.endswith("\n") and _row_epoch(line, epoch_col) <= last_epoch
     ]
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", newline="") as f:
         f.writelines(kept)
     os.replace(tmp, path)  # Atomic: a crash here leaves the old log, never half of it.
+
+
+def _row_epoch(line: str, column: int) -> float:
+    """The epoch of a CSV row; infinity when the row holds none (cut short by a crash)."""
+    try:
+        return float(line.split(",")[column])
+    except (IndexError, ValueError):
+        return math.inf
 
 
 EVENTS_FILE = "guard_events.jsonl"
@@ -98,7 +115,16 @@ def read_events(workdir: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [record for line in f if (record := _event_record(line)) is not None]
+
+
+def _event_record(line: str) -> dict | None:
+    """One line of `guard_events.jsonl`, or None for a blank line or one a crash cut short."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
 
 
 def truncate_events(workdir: str, *, last_step: int) -> None:

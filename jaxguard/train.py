@@ -2,8 +2,15 @@
 
 `--cfg` takes a config file, `cfgs/NAME.py` or a bundled name, optionally with a
 variant (`configs/optical_depth.py:run3`); `--cfg.KEY=VALUE` overrides a key
-(`--cfg.optim.lr=3e-4`). A config mistake exits with code 2 and one line naming
-the key. Everything else lives in `jaxguard.trainer.train_and_evaluate`.
+(`--cfg.optim.lr=3e-4`). Everything else lives in `jaxguard.trainer.train_and_evaluate`.
+
+Every failure ends with one line on stderr (`--debug` shows the traceback instead) and
+an exit code:
+
+* 2: a config mistake (the key named), or a resume the config change does not allow;
+* 1: an I/O failure (the path and the cause) or no checkpoint that restores;
+* 143 (SIGTERM) or 130 (SIGINT): the run stopped after the current train step, saved a
+  checkpoint and printed the command that resumes it. A second signal exits at once.
 
 Before training, host memory is tuned for XLA:CPU (`jaxguard.host_memory`;
 `JAXGUARD_HOST_ALLOCATOR=default` keeps glibc's and JAX's defaults).
@@ -11,24 +18,80 @@ Before training, host memory is tuned for XLA:CPU (`jaxguard.host_memory`;
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 
 from jaxguard import config as config_lib
 from jaxguard import host_memory, trainer
+from jaxguard.checkpoints import CheckpointError
+from jaxguard.loop import Interrupt, RunInterrupted
+
+CONFIG_ERROR_EXIT = 2
+RUN_ERROR_EXIT = 1
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, overrides = config_lib.parse_cli(
-        sys.argv[1:] if argv is None else argv,
+        argv,
         prog="python -m jaxguard.train",
         description="Train a jaxguard task with its guards, logs, checkpoints and report.",
+        debug_flag=True,
     )
+    try:
+        return train(args, overrides, argv)
+    except (config_lib.ConfigError, CheckpointError, OSError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error_line(error)}", file=sys.stderr)
+        is_config = isinstance(error, config_lib.ConfigError)
+        sys.exit(CONFIG_ERROR_EXIT if is_config else RUN_ERROR_EXIT)
+
+
+def train(args, overrides: list[str], argv: list[str]) -> dict:
+    """Loads the config and trains, stopping cleanly at SIGTERM/SIGINT (see module doc)."""
     config = config_lib.load_config(args.cfg, overrides)
     # After the config is known good, before the first JAX computation (see host_memory).
     host_memory.tune_host_allocator_from_env()
-    return trainer.train_and_evaluate(config, args.workdir, resume=args.resume)
+    workdir = args.workdir or config.workdir or trainer.default_workdir(config)
+    interrupt = Interrupt()
+    with interrupt.installed():
+        try:
+            return trainer.train_and_evaluate(
+                config, workdir, resume=args.resume, interrupt=interrupt
+            )
+        except RunInterrupted as stopped:
+            name = signal.Signals(stopped.signum).name
+            print(
+                f"interrupted by {name}: {stopped.saved}; resume with: "
+                f"{resume_command(argv, workdir)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(stopped.exit_code)
+
+
+def resume_command(argv: Sequence[str], workdir: str) -> str:
+    """The command line that continues this run: the same arguments, `--workdir`, `--resume`."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--workdir":
+            skip = True
+        elif token != "--resume" and not token.startswith("--workdir="):
+            kept.append(token)
+    return shlex.join(["python", "-m", "jaxguard.train", *kept, "--workdir", workdir, "--resume"])
+
+
+def error_line(error: Exception) -> str:
+    """One line for a failure: the message, or for an OSError the path and the cause."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":
-    config_lib.exit_on_config_error(main)
+    main()

@@ -11,8 +11,10 @@ optimizer in `jaxguard.optim`, the guards in `jaxguard.guards`, the files in
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,14 +30,17 @@ from jaxguard import config as config_lib
 from jaxguard import run_outputs, tasks
 from jaxguard.batching import data_sharding, iterate_batches, split_size
 from jaxguard.batching import steps_per_epoch as count_steps
-from jaxguard.checkpoints import RunCheckpoints
-from jaxguard.guards import BestCheckpoint, GuardCollection
+from jaxguard.checkpoints import RunCheckpoints, committed_steps, describe_error
+from jaxguard.guards import BestCheckpoint, GuardCollection, GuardEvent
 from jaxguard.loop import (
+    Interrupt,
     Run,
+    RunInterrupted,
     RunStopped,
     consult_guards,
     evaluate_epoch,
     periodic_actions,
+    raise_interrupted,
     save_checkpoint,
     train_epoch,
 )
@@ -59,6 +64,7 @@ def train_and_evaluate(
     resume: bool = False,
     console: Console | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    interrupt: Interrupt | None = None,
 ) -> dict[str, Any]:
     """Trains `config.task` as `config` says, guarded, logged and checkpointed in `workdir`.
 
@@ -66,10 +72,13 @@ def train_and_evaluate(
       config: a loaded, validated config (`jaxguard.config.load_config`).
       workdir: the run directory; default `config.workdir` or `runs/<task>-<timestamp>`.
       resume: continue from the latest checkpoint in `workdir` (optimizer state, step, RNG and
-        guard states included).
+        guard states included); a workdir whose checkpoints folder holds no committed
+        checkpoint starts from scratch.
       console: where progress and epoch lines go (stderr by default).
       on_epoch_end: called with the epoch number after each epoch is checkpointed (tests use
         it to interrupt a run).
+      interrupt: set by signal handlers (`Interrupt.installed`); when it holds a signal the
+        run stops after the current step with a checkpoint and raises `RunInterrupted`.
 
     Returns:
       `RunSummary.as_dict()`: workdir, task, stopped_by (the guard event as a dict, or None),
@@ -81,25 +90,63 @@ def train_and_evaluate(
     run = start_run(
         config, task, workdir or config.workdir or default_workdir(config), console, resume=resume
     )
+    run.interrupt = interrupt or run.interrupt
     started = time.monotonic()
     try:
-        for epoch in range(run.start_epoch, config.train.epochs):
-            run.epoch = epoch
-            train_losses = train_epoch(run, epoch)
-            val, val_outputs, val_batches = evaluate_epoch(run)
-            is_best, stop = consult_guards(run, epoch, val, train_losses)
-            save_checkpoint(run, epoch, is_best)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
-            if stop is not None:
-                if stop.guard == "collapse" and task.collapse_arrays is not None:
-                    pred, target = task.collapse_arrays(val_outputs, val_batches)
-                    run_outputs.dump_collapse(run.workdir, pred, target, stop)
-                raise RunStopped(stop)
+        train_epochs(run, on_epoch_end)
+        if run.interrupt.signum is not None:
+            raise_interrupted(run)
     except RunStopped as stopped:
         run.stopped_by = stopped.event
         console.line(f"stopped: {stopped.event.message}")
+        if stopped.event.guard == "collapse" and stopped.event.step is not None:
+            dump_collapse_inside_epoch(run, stopped.event)
+    except RunInterrupted:
+        run.writer.close()
+        run.checkpoints.close()
+        raise
     return finish_run(run, time.monotonic() - started).as_dict()
+
+
+def train_epochs(run: Run, on_epoch_end: Callable[[int], None] | None) -> None:
+    """The epochs from `run.start_epoch` on; raises `RunStopped` or `RunInterrupted`."""
+    if run.stopped_by is not None:  # Resumed after the guard's stop was checkpointed.
+        raise RunStopped(run.stopped_by)
+    for epoch in range(run.start_epoch, run.config.train.epochs):
+        if run.interrupt.signum is not None:
+            raise_interrupted(run)
+        run.epoch = epoch
+        train_losses = train_epoch(run, epoch)
+        val, val_outputs, val_batches = evaluate_epoch(run)
+        is_best, stop = consult_guards(run, epoch, val, train_losses)
+        save_checkpoint(run, epoch, is_best, stop=stop)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+        if stop is not None:
+            if stop.guard == "collapse" and run.task.collapse_arrays is not None:
+                pred, target = run.task.collapse_arrays(val_outputs, val_batches)
+                run_outputs.dump_collapse(run.workdir, pred, target, stop)
+            raise RunStopped(stop)
+
+
+def dump_collapse_inside_epoch(run: Run, event) -> None:
+    """`collapse_diagnostics.json` for a collapse stopped on the diagnostics cadence.
+
+    A stop at an evaluation dumps that evaluation's predictions; one inside an epoch has only
+    seen one batch, so the whole validation split is predicted here, without logging it.
+    """
+    if run.task.collapse_arrays is None:
+        return
+    _, outputs, batches = evaluate(
+        run.eval_step,
+        run.state,
+        run.splits["val"],
+        run.empty_metrics,
+        run.config.eval.batch_size,
+        run.shard,
+    )
+    pred, target = run.task.collapse_arrays(outputs, batches)
+    run_outputs.dump_collapse(run.workdir, pred, target, event)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -141,18 +188,74 @@ def build(config: ConfigDict, task: Task, splits, prepare: Callable | None = Non
     return Built(model, graphdef, state, tx, schedule, steps)
 
 
-def prepare_workdir(config: ConfigDict, workdir: str, *, resume: bool) -> None:
-    """Refuses to overwrite a run or to resume nothing; writes `config.json`."""
-    checkpoint_exists = os.path.isdir(os.path.join(workdir, "checkpoints", "latest"))
-    if resume and not checkpoint_exists:
+# What a run writes besides its checkpoints; an attempt that committed none leaves only these.
+ATTEMPT_FILES = ("log.csv", run_outputs.EVENTS_FILE, "tensorboard")
+
+
+def prepare_workdir(config: ConfigDict, workdir: str, *, resume: bool, console: Console) -> bool:
+    """Refuses to overwrite a run or to resume nothing; writes `config.json`.
+
+    A workdir whose `checkpoints/latest` holds no committed checkpoint (the run was killed
+    before its first save) is not a run: with or without --resume it starts from scratch,
+    after removing what the attempt left (`ATTEMPT_FILES`). On resume the config is compared
+    with the saved `config.json` (`config_lib.resume_changes`).
+
+    Returns:
+      Whether there is a checkpoint to resume from.
+    """
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    if resume and not os.path.isdir(latest):
         raise config_lib.ConfigError(f"--resume: no checkpoint in {workdir}/checkpoints/latest")
-    if checkpoint_exists and not resume:
+    committed = bool(committed_steps(latest))
+    if committed and not resume:
         raise config_lib.ConfigError(
             f"--workdir {workdir} already holds a run; pass --resume to continue it or choose "
             "another workdir (nothing was overwritten)"
         )
     os.makedirs(workdir, exist_ok=True)
-    config_lib.save_config(config, os.path.join(workdir, "config.json"))
+    path = os.path.join(workdir, "config.json")
+    if committed:
+        record_config_changes(config, path, console)
+        return True
+    if os.path.isdir(latest):
+        console.line(
+            f"{latest} holds no committed checkpoint (the run stopped before its first save): "
+            "starting from scratch"
+        )
+        remove_attempt_files(workdir)
+    config_lib.save_config(config, path)
+    return False
+
+
+def remove_attempt_files(workdir: str) -> None:
+    """Removes the logs of an attempt that committed no checkpoint, so the restart is clean."""
+    for name in ATTEMPT_FILES:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def record_config_changes(config: ConfigDict, path: str, console: Console) -> None:
+    """Refuses changes a resume cannot take; notes the others and keeps the old config file.
+
+    The saved `config.json` is renamed `config.<n>.json` (n = 1, 2, ...) and the new config
+    written in its place, so the run directory records every config it ran under.
+    """
+    changes = config_lib.resume_changes(config, path, warn=console.line)
+    if not changes:
+        return
+    config_lib.check_resume_changes(changes)
+    kept = next(
+        candidate
+        for n in itertools.count(1)
+        if not os.path.exists(candidate := os.path.join(os.path.dirname(path), f"config.{n}.json"))
+    )
+    os.replace(path, kept)
+    config_lib.save_config(config, path)
+    listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)
+    console.line(f"resume with a changed config: {listed} (previous config kept as {kept})")
 
 
 def make_guards(
@@ -191,7 +294,7 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
             f"train.batch_size={config.train.batch_size} is not divisible by the "
             f"{jax.device_count()} devices"
         )
-    prepare_workdir(config, workdir, resume=resume)
+    resume = prepare_workdir(config, workdir, resume=resume, console=console)
     splits = task.make_splits(config)
     pretrained = {}
 
@@ -245,7 +348,11 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         pretrain=pretrained.get("summary"),
     )
     if resume:
-        restore(run)
+        try:
+            restore(run)
+        except BaseException:
+            run.checkpoints.close()  # Orbax's background threads end before the error does.
+            raise
     run.state = jax.device_put(run.state, replicated)
     run.writer = MultiWriter(
         [
@@ -262,16 +369,84 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
 
 
 def restore(run: Run) -> None:
-    """Continues from the latest checkpoint: state, epoch, history, guard and best states."""
-    run.state, meta = run.checkpoints.restore_latest(run.state)
-    run.start_epoch = run.epoch = meta["epoch"] + 1
+    """Continues from the latest checkpoint: state, epoch, history, guard and best states.
+
+    A mid-epoch checkpoint (`meta["in_epoch"]`) continues its epoch after the steps it
+    trained; a checkpoint of a run a guard stopped finishes that run.
+    """
+    run.state, meta = run.checkpoints.restore_latest(
+        run.state, check=checkpoint_check(run.steps_per_epoch), warn=run.console.line
+    )
+    in_epoch = meta.get("in_epoch")
+    run.epoch = meta["epoch"]
+    run.start_epoch = meta["epoch"] + (0 if in_epoch else 1)
+    run.resume_steps = in_epoch["steps"] if in_epoch else 0
+    run.train_losses = list(in_epoch["train_losses"]) if in_epoch else []
     run.history = meta["history"]
-    run.guards.load_state_dict(meta["guards"])
-    if run.best is not None:
-        run.best.load_state_dict(meta["best"])
-    run_outputs.truncate_csv(os.path.join(run.workdir, "log.csv"), last_epoch=meta["epoch"])
-    run_outputs.truncate_events(run.workdir, last_step=int(run.state.step))
-    run.console.line(f"resumed from epoch {meta['epoch']} (step {int(run.state.step)})")
+    if meta.get("stopped_by"):
+        run.stopped_by = GuardEvent(**meta["stopped_by"])
+    try:
+        run.guards.load_state_dict(meta["guards"])
+        if run.best is not None:
+            run.best.load_state_dict(meta["best"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise config_lib.ConfigError(
+            f"--resume: the checkpoint's guard states do not fit this config ({error})"
+        ) from None
+    step = run.saved_step = int(run.state.step)
+    run_outputs.truncate_csv(os.path.join(run.workdir, "log.csv"), last_epoch=len(run.history) - 1)
+    run_outputs.truncate_events(run.workdir, last_step=step)
+    repair_best(run, step, meta)
+    where = f"epoch {meta['epoch']}" + (f", {run.resume_steps} steps in" if in_epoch else "")
+    run.console.line(f"resumed from {where} (step {step})")
+
+
+def checkpoint_check(steps_per_epoch: int) -> Callable[[int, Any, dict], None]:
+    """`check(step, arrays, meta)` for `restore_latest`: the meta fits the arrays' step.
+
+    A full-epoch save of epoch e is at step `(e + 1) * steps_per_epoch` with e + 1 history
+    records; a mid-epoch one after k steps at `e * steps_per_epoch + k` with e records.
+    """
+
+    def check(step: int, arrays: Any, meta: dict) -> None:
+        epoch, history = meta["epoch"], meta["history"]
+        in_epoch = meta.get("in_epoch")
+        done = in_epoch["steps"] if in_epoch else steps_per_epoch
+        records = epoch if in_epoch else epoch + 1
+        expected = epoch * steps_per_epoch + done
+        if not (int(arrays.step) == step == expected and len(history) == records):
+            raise ValueError(
+                f"meta says epoch {epoch} ({len(history)} history records), which does not "
+                f"fit step {step} at {steps_per_epoch} steps per epoch"
+            )
+        if not isinstance(meta["guards"], dict):
+            raise ValueError("meta holds no guard states")
+
+    return check
+
+
+def expected_best_step(run: Run) -> int | None:
+    """The step of the save `run.best` names as the best, or None when there is none yet."""
+    if run.best is None or run.best.best_epoch is None:
+        return None
+    return (run.best.best_epoch + 1) * run.steps_per_epoch
+
+
+def repair_best(run: Run, step: int, meta: dict) -> None:
+    """Makes `best/` agree with the restored meta's best epoch, after a crash between saves.
+
+    A best save newer than the restored step (left by a newer save that was set aside) is
+    set aside as `<step>.stale`; when the restored step is itself the best and `best/`
+    lacks it (killed between `latest/` and `best/`), it is saved to `best/` again.
+    """
+    on_disk = committed_steps(run.checkpoints.best_dir)
+    if on_disk and on_disk[0] > step:
+        moved = run.checkpoints.set_aside(run.checkpoints.best_dir, on_disk[0], "stale")
+        run.console.line(f"warning: best checkpoint newer than the resumed step set aside: {moved}")
+        on_disk = committed_steps(run.checkpoints.best_dir)
+    if "in_epoch" not in meta and expected_best_step(run) == step and step not in on_disk:
+        run.checkpoints.save_best(step, run.state, meta)
+        run.console.line(f"best checkpoint of step {step} was missing: saved again from latest")
 
 
 # ----------------------------------------------------------------------------- the end
@@ -280,11 +455,9 @@ def restore(run: Run) -> None:
 def finish_run(run: Run, train_seconds: float) -> RunSummary:
     """Tests the best (else the last) weights; writes the report, predictions and summary."""
     config, task = run.config, run.task
-    state, best_epoch = run.state, run.epoch
-    restored = run.checkpoints.restore_best(state) if run.best is not None else None
-    if restored is not None:
-        state, best_meta = restored
-        best_epoch = best_meta["epoch"]
+    state, best_epoch, notes = tested_weights(run)
+    for note in notes:
+        run.console.line(note)
     state = jax.device_put(state, run.replicated)
     test, test_outputs, test_batches = evaluate(
         run.eval_step,
@@ -313,7 +486,7 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
         predict = make_predict(run.graphdef, state, task)
         export_lines = task.export(config, run.workdir, predict, run.splits)
     report = task.report_lines(config, run.splits, summary)
-    report += run_outputs.shared_report_lines(summary) + export_lines
+    report += run_outputs.shared_report_lines(summary) + notes + export_lines
     table = task.prediction_table(test_outputs, test_batches)
     run_outputs.write_outputs(run.workdir, summary, table, report)
     for line in export_lines:
@@ -325,6 +498,37 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
     report_path = os.path.join(run.workdir, "report.txt")
     run.console.line(f"done in {train_seconds:.0f} s; report: {report_path}")
     return summary
+
+
+def tested_weights(run: Run) -> tuple[Any, int, list[str]]:
+    """`(state, epoch, warnings)`: the best checkpoint's weights, else the last ones.
+
+    The best save must hold the epoch the best record names; when `best/` lacks it or does
+    not restore, the same step in `latest/` is used, and failing that the last weights, with
+    a warning line (also in the report) instead of a wrong best epoch.
+    """
+    step = expected_best_step(run)
+    last = (run.state, run.epoch, [])
+    if step is None:
+        return last
+    problem = "is missing"
+    try:
+        restored = run.checkpoints.restore_best(run.state)
+    except Exception as error:  # Orbax, tensorstore and JSON fail in many types.
+        restored, problem = None, f"does not restore ({describe_error(error)})"
+    if restored is not None and restored[1].get("epoch") == run.best.best_epoch:
+        return restored[0], run.best.best_epoch, []
+    if restored is not None:
+        problem = f"holds epoch {restored[1].get('epoch')}"
+    best = f"checkpoints/best (epoch {run.best.best_epoch}, step {step})"
+    if step in committed_steps(run.checkpoints.latest_dir):
+        state, _ = run.checkpoints.restore_latest_step(step, run.state)
+        return state, run.best.best_epoch, [f"warning: {best} {problem}; tested latest/{step}"]
+    note = (
+        f"warning: {best} {problem} and latest/ no longer holds it; tested the last weights "
+        f"(epoch {last[1]}) instead"
+    )
+    return run.state, last[1], [note]
 
 
 # ----------------------------------------------------------------------------- finished runs

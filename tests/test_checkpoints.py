@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxguard.checkpoints import RunCheckpoints
+from jaxguard.checkpoints import CheckpointError, RunCheckpoints, committed_steps
 
 
 def _arrays(shift):
@@ -31,6 +31,13 @@ def _assert_same(restored, expected):
             np.testing.assert_array_equal(got, want)
 
 
+def _save(checkpoints, step, arrays, meta, *, is_best):
+    """Latest, then best when `is_best`: the order `loop.save_checkpoint` follows."""
+    checkpoints.save_latest(step, arrays, meta)
+    if is_best:
+        checkpoints.save_best(step, arrays, meta)
+
+
 def _steps(workdir, which):
     return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints", which)))
 
@@ -42,7 +49,7 @@ def saved(tmp_path_factory):
     checkpoints = RunCheckpoints(workdir, keep_latest=2)
     for step in (1, 2, 3, 4):
         meta = {"epoch": step - 1, "history": [{"loss": 1.0 / step}], "best": None}
-        checkpoints.save(step, _arrays(step), meta, is_best=step in (1, 3))
+        _save(checkpoints, step, _arrays(step), meta, is_best=step in (1, 3))
     checkpoints.close()
     return workdir
 
@@ -81,7 +88,7 @@ def test_a_best_older_than_the_kept_latest_survives(tmp_path):
     workdir = str(tmp_path / "run")
     checkpoints = RunCheckpoints(workdir, keep_latest=1)
     for step in (1, 2, 3):
-        checkpoints.save(step, _arrays(step), {"epoch": step}, is_best=step == 1)
+        _save(checkpoints, step, _arrays(step), {"epoch": step}, is_best=step == 1)
     assert _steps(workdir, "latest") == [3]
     assert _steps(workdir, "best") == [1]
     _assert_same(checkpoints.restore_best(_arrays(0))[0], _arrays(1))
@@ -92,10 +99,10 @@ def test_a_best_older_than_the_kept_latest_survives(tmp_path):
 def test_a_failed_save_leaves_the_previous_checkpoints_intact(tmp_path):
     saved = str(tmp_path / "run")
     checkpoints = RunCheckpoints(saved, keep_latest=2)
-    checkpoints.save(3, _arrays(3), {"epoch": 2}, is_best=True)
-    checkpoints.save(4, _arrays(4), {"epoch": 3}, is_best=False)
+    _save(checkpoints, 3, _arrays(3), {"epoch": 2}, is_best=True)
+    _save(checkpoints, 4, _arrays(4), {"epoch": 3}, is_best=False)
     with pytest.raises(TypeError, match="not JSON serializable"):
-        checkpoints.save(5, _arrays(5), {"epoch": {4}}, is_best=True)  # A set: the meta fails.
+        _save(checkpoints, 5, _arrays(5), {"epoch": {4}}, is_best=True)  # A set: the meta fails.
     checkpoints.close()
     # Orbax writes into a temporary folder renamed when complete: what the failed save left
     # is no checkpoint, and the run directory, reopened, gives the previous ones unchanged.
@@ -112,7 +119,72 @@ def test_a_failed_save_leaves_the_previous_checkpoints_intact(tmp_path):
 def test_the_workdir_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     checkpoints = RunCheckpoints("relative", keep_latest=1)
-    checkpoints.save(1, _arrays(1), {"epoch": 0}, is_best=False)
+    _save(checkpoints, 1, _arrays(1), {"epoch": 0}, is_best=False)
     checkpoints.close()
     assert _steps(tmp_path / "relative", "latest") == [1]
     assert _steps(tmp_path / "relative", "best") == []
+
+
+def test_committed_steps_ignores_unfinished_and_set_aside_folders(tmp_path):
+    for name in ("3", "12", "7.corrupt", "9.orbax-checkpoint-tmp-123"):
+        os.makedirs(tmp_path / name)
+    assert committed_steps(str(tmp_path)) == [12, 3]
+    assert committed_steps(str(tmp_path / "missing")) == []
+
+
+def _three_saves(workdir):
+    checkpoints = RunCheckpoints(workdir, keep_latest=3)
+    for step in (1, 2, 3):
+        checkpoints.save_latest(step, _arrays(step), {"epoch": step - 1})
+    return checkpoints
+
+
+def test_a_newest_save_that_fails_is_set_aside_and_the_previous_one_used(tmp_path):
+    workdir = str(tmp_path / "run")
+    checkpoints = _three_saves(workdir)
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    with open(os.path.join(latest, "3", "meta", "metadata"), "w") as f:
+        f.write("{not json")
+    warnings = []
+    arrays, meta = checkpoints.restore_latest(_arrays(0), warn=warnings.append)
+    _assert_same(arrays, _arrays(2))
+    assert meta == {"epoch": 1}
+    assert sorted(os.listdir(latest)) == ["1", "2", "3.corrupt"]
+    assert len(warnings) == 1 and "3.corrupt" in warnings[0] and "step 2" in warnings[0]
+    checkpoints.save_latest(4, _arrays(4), {"epoch": 3})  # The managers see the rename.
+    assert committed_steps(latest) == [4, 2, 1]
+    checkpoints.close()
+
+
+def test_a_check_that_rejects_the_meta_sets_the_save_aside(tmp_path):
+    checkpoints = _three_saves(str(tmp_path / "run"))
+
+    def check(step, arrays, meta):
+        if meta["epoch"] != step - 1 or step == 3:
+            raise ValueError("meta does not fit")
+
+    _, meta = checkpoints.restore_latest(_arrays(0), check=check, warn=lambda line: None)
+    assert meta == {"epoch": 1}
+    checkpoints.close()
+
+
+def test_when_no_save_restores_nothing_is_renamed_and_one_line_says_so(tmp_path):
+    workdir = str(tmp_path / "run")
+    checkpoints = _three_saves(workdir)
+    other_shapes = {"params": {"dense": {"kernel": jnp.zeros((5, 5))}}}
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.restore_latest(other_shapes)
+    message = str(info.value)
+    assert "\n" not in message and "no checkpoint in" in message and "step 3" in message
+    assert _steps(workdir, "latest") == [1, 2, 3]
+    checkpoints.close()
+
+
+def test_set_aside_never_overwrites_an_earlier_set_aside(tmp_path):
+    workdir = str(tmp_path / "run")
+    checkpoints = _three_saves(workdir)
+    first = checkpoints.set_aside(checkpoints.latest_dir, 3)
+    checkpoints.save_latest(3, _arrays(3), {"epoch": 2})
+    second = checkpoints.set_aside(checkpoints.latest_dir, 3)
+    assert first.endswith("3.corrupt") and second.endswith("3.corrupt.1")
+    checkpoints.close()

@@ -502,3 +502,52 @@ def test_shared_values_are_checked_before_anything_runs(tiny, override, message)
 def test_an_unknown_task_is_a_one_line_config_error(tiny):
     message = raises_config_error(cfg.load_config, str(tiny), ["task=cvea"])
     assert message.startswith("task: unknown task 'cvea' (did you mean cvae?)")
+
+
+# ----------------------------------------------------------------------------- broken files
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("def get_config(:\n    pass\n", "line 1: syntax error"),
+        ("import no_such_module_xyz\n", "ModuleNotFoundError: No module named"),
+        ("def get_config():\n    return 1 / 0\n", "line 2 (return 1 / 0): ZeroDivisionError"),
+        ("def get_config():\n    raise ValueError('bad')\n", "ValueError: bad"),
+    ],
+)
+def test_a_config_file_that_fails_is_one_config_error_line(tmp_path, source, fragment):
+    path = write_config(tmp_path, "failing", source)
+    message = raises_config_error(cfg.load_config, str(path))
+    assert message.startswith(f"config {path}") and fragment in message
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def test_resume_changes_lists_each_changed_key(tiny, tmp_path):
+    saved = tmp_path / "config.json"
+    cfg.save_config(cfg.load_config(str(tiny)), saved)
+    assert not (tmp_path / "config.json.tmp").exists()  # Written aside, then renamed.
+    changed = cfg.load_config(str(tiny), ["optim.lr=0.5", "model.features=(8,)"])
+    changes = cfg.resume_changes(changed, saved, warn=print)
+    assert changes == [("model.features", [4, 2], [8]), ("optim.lr", 0.001, 0.5)]
+    assert cfg.resume_changes(cfg.load_config(str(tiny)), saved, warn=print) == []
+
+
+def test_resume_refuses_the_keys_that_cannot_change_in_one_line():
+    cfg.check_resume_changes([("optim.lr", 0.1, 0.2), ("guard.collapse.patience", 3, 5)])
+    cfg.check_resume_changes([("log.every_steps", 20, 5), ("train.epochs", 5, 9)])
+    message = raises_config_error(
+        cfg.check_resume_changes, [("optim.lr", 0.1, 0.2), ("model.features", [4], [8])]
+    )
+    assert message.startswith("--resume with a changed config: model.features [4] -> [8]")
+    assert "optim.lr 0.1" not in message
+
+
+def test_an_unreadable_saved_config_is_a_warning_not_a_failure(tiny, tmp_path):
+    saved = tmp_path / "config.json"
+    saved.write_text('{"optim": ')
+    warnings = []
+    assert cfg.resume_changes(cfg.load_config(str(tiny)), saved, warn=warnings.append) == []
+    assert len(warnings) == 1 and "unreadable" in warnings[0]

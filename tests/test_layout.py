@@ -35,6 +35,7 @@ SOURCE_TREES = {"jaxguard": "jaxguard", "configs": "jaxguard.configs", "benchmar
 REPOSITORY_TESTS = {
     "tests/test_layout.py": "the layout of the source and test trees",
     "tests/test_packaging.py": "pyproject.toml: the packages a wheel ships",
+    "tests/test_reliability.py": "python -m jaxguard.train killed, stopped, corrupted, resumed",
 }
 
 

@@ -2,7 +2,9 @@
 
 import csv
 import io
+import json
 import os
+import signal
 
 import pytest
 import toy_task
@@ -35,13 +37,45 @@ def test_periodic_action_triggers_every_n_steps_and_at_epoch_end_when_asked():
 
 
 def test_prepare_workdir_refuses_to_overwrite_or_to_resume_nothing(toy_config, tmp_path):
+    console = Console(io.StringIO(), progress=False)
     with pytest.raises(config_lib.ConfigError, match="--resume: no checkpoint"):
-        trainer.prepare_workdir(toy_config, str(tmp_path / "new"), resume=True)
-    trainer.prepare_workdir(toy_config, str(tmp_path / "new"), resume=False)
+        trainer.prepare_workdir(toy_config, str(tmp_path / "new"), resume=True, console=console)
+    trainer.prepare_workdir(toy_config, str(tmp_path / "new"), resume=False, console=console)
     assert (tmp_path / "new" / "config.json").exists()
-    os.makedirs(tmp_path / "new" / "checkpoints" / "latest")
+    os.makedirs(tmp_path / "new" / "checkpoints" / "latest" / "8")  # A committed step.
     with pytest.raises(config_lib.ConfigError, match="already holds a run"):
-        trainer.prepare_workdir(toy_config, str(tmp_path / "new"), resume=False)
+        trainer.prepare_workdir(toy_config, str(tmp_path / "new"), resume=False, console=console)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_workdir_without_a_committed_checkpoint_starts_from_scratch(toy_config, tmp_path, resume):
+    # Killed before its first save: orbax made latest/, the attempt left its logs.
+    os.makedirs(tmp_path / "checkpoints" / "latest" / "8.orbax-checkpoint-tmp-1")
+    os.makedirs(tmp_path / "tensorboard")
+    (tmp_path / "log.csv").write_text("step,epoch\n8,0\n")
+    stream = io.StringIO()
+    has_checkpoint = trainer.prepare_workdir(
+        toy_config, str(tmp_path), resume=resume, console=Console(stream, progress=False)
+    )
+    assert not has_checkpoint
+    assert "no committed checkpoint" in stream.getvalue() and "from scratch" in stream.getvalue()
+    assert not (tmp_path / "log.csv").exists() and not (tmp_path / "tensorboard").exists()
+
+
+def test_resume_with_an_allowed_change_keeps_the_old_config(toy_config, tmp_path):
+    console = Console(io.StringIO(), progress=False)
+    trainer.prepare_workdir(toy_config, str(tmp_path), resume=False, console=console)
+    os.makedirs(tmp_path / "checkpoints" / "latest" / "8")
+    changed = config_lib.load_config(TOY, ["optim.lr=0.01", "train.epochs=7"])
+    stream = io.StringIO()
+    trainer.prepare_workdir(changed, str(tmp_path), resume=True, console=Console(stream))
+    assert "optim.lr 0.05 -> 0.01" in stream.getvalue()
+    assert "train.epochs 5 -> 7" in stream.getvalue()
+    assert json.loads((tmp_path / "config.1.json").read_text())["optim"]["lr"] == 0.05
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == 0.01
+    refused = config_lib.load_config(TOY, ["seed=3"])
+    with pytest.raises(config_lib.ConfigError, match="seed 0 -> 3 cannot change on resume"):
+        trainer.prepare_workdir(refused, str(tmp_path), resume=True, console=console)
 
 
 def make_guards(config):
@@ -122,3 +156,28 @@ def test_resume_restores_epoch_history_guards_and_best(toy_config, tmp_path):
     assert run.best.best_epoch == first["best_epoch"]
     assert run.guards["early_stopping"].best_epoch == first["best_epoch"]
     assert "resumed from epoch 4" in stream.getvalue()
+
+
+def test_resuming_a_run_a_guard_stopped_finishes_it_without_training_on(tmp_path):
+    config = config_lib.load_config(TOY, ["guard.early_stopping.stopping_threshold=0.6"])
+    quiet = Console(io.StringIO(), progress=False)
+    first = trainer.train_and_evaluate(config, str(tmp_path / "run"), console=quiet)
+    assert first["stopped_by"]["guard"] == "early_stopping" and first["epochs_run"] == 2
+    again = trainer.train_and_evaluate(config, str(tmp_path / "run"), resume=True, console=quiet)
+    assert again["epochs_run"] == 2 and again["stopped_by"] == first["stopped_by"]
+    assert again["test"] == first["test"] and again["best_epoch"] == first["best_epoch"]
+
+
+def test_interrupt_records_the_first_signal_and_exits_at_the_second(monkeypatch):
+    exits = []
+    monkeypatch.setattr(loop.os, "_exit", exits.append)
+    before = signal.getsignal(signal.SIGTERM)
+    interrupt = loop.Interrupt()
+    with interrupt.installed():
+        signal.raise_signal(signal.SIGTERM)
+        assert interrupt.signum == signal.SIGTERM and exits == []
+        signal.raise_signal(signal.SIGINT)
+    assert exits == [128 + signal.SIGINT]
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert loop.RunInterrupted(signal.SIGTERM, "saved").exit_code == 143
+    assert loop.RunInterrupted(signal.SIGINT, "saved").exit_code == 130

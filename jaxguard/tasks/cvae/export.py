@@ -3,7 +3,8 @@
 `export` picks a few test predictor sets (`model.sampling`), draws `num_samples` latent samples
 for each from the prior and writes `samples/ensemble.npz` and `samples/panel.png` through
 `panel`, the same code `python -m jaxguard.sample` uses, so both give the same files for the
-same days and seed.
+same days and seed. Non-finite samples (a run the non-finite guard stopped) are drawn grey and
+counted in a line, so the run still writes its report.
 """
 
 from __future__ import annotations
@@ -50,4 +51,8 @@ def export(config: ConfigDict, workdir: str, predict, splits) -> list[str]:
         threshold=extreme_threshold(config),
     )
     description = panel.panel_description(indices, test["y"].shape[-1], True, sampling.num_samples)
-    return [f"sample panel: {png_path} ({description})", f"samples: {npz_path}"]
+    lines = [f"sample panel: {png_path} ({description})", f"samples: {npz_path}"]
+    nonfinite = int(np.size(samples) - np.count_nonzero(np.isfinite(samples)))
+    if nonfinite:  # A diverged model (the non-finite guard's stop): say so beside the panel.
+        lines.append(f"samples: {nonfinite} of {np.size(samples)} values non-finite (grey)")
+    return lines

@@ -18,6 +18,7 @@ _RAIN_COLOURS = np.array(
     [[1.0, 1.0, 1.0], [0.62, 0.85, 0.95], [0.16, 0.48, 0.78], [0.10, 0.10, 0.45]]
 )
 _EXTREME_COLOUR = np.array([0.85, 0.10, 0.10])
+_NONFINITE_COLOUR = np.array([0.5, 0.5, 0.5])  # NaN/Inf pixels: a diverged model.
 # Predictor colours from the channel's minimum (dark) to its maximum (yellow).
 _PREDICTOR_COLOURS = np.array([[0.15, 0.05, 0.30], [0.15, 0.55, 0.55], [0.98, 0.90, 0.15]])
 _ZOOM = 3
@@ -25,8 +26,11 @@ _GAP = 2
 
 
 def _colour_map(values: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """`[...]` values in [0, 1] -> `[..., 3]` colours interpolated between `anchors`."""
-    position = np.clip(values, 0.0, 1.0) * (len(anchors) - 1)
+    """`[...]` values in [0, 1] -> `[..., 3]` colours interpolated between `anchors`.
+
+    A NaN is drawn as 0 (callers paint non-finite pixels over it).
+    """
+    position = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(anchors) - 1)
     low = np.minimum(np.floor(position).astype(int), len(anchors) - 2)
     share = (position - low)[..., None]
     return anchors[low] * (1.0 - share) + anchors[low + 1] * share
@@ -36,7 +40,14 @@ def _rain_tile(field: np.ndarray, vmax: float, threshold: float) -> np.ndarray:
     # sqrt scale: the heavy tail would otherwise leave everything but the peaks white.
     scaled = np.sqrt(np.maximum(field, 0.0) / vmax)
     colours = _colour_map(scaled, _RAIN_COLOURS)
-    return np.where((field > threshold)[..., None], _EXTREME_COLOUR, colours)
+    colours = np.where((field > threshold)[..., None], _EXTREME_COLOUR, colours)
+    return np.where(np.isfinite(field)[..., None], colours, _NONFINITE_COLOUR)
+
+
+def _finite_max(values: np.ndarray) -> float:
+    """The largest finite value, or 0 when there is none (a model that output NaN)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 0.0
 
 
 def render_panel(
@@ -56,8 +67,8 @@ def render_panel(
 
     Returns:
       `[rows, cols, 3]` float image in [0, 1]. Precipitation uses one sqrt colour scale
-      per row (0 to the row's maximum); each predictor channel is scaled to its own
-      range over the shown examples.
+      per row (0 to the row's largest finite value; NaN and Inf pixels are grey); each
+      predictor channel is scaled to its own range over the shown examples.
     """
     examples, members, height, width = samples.shape
     factor = height // predictors.shape[1]
@@ -66,7 +77,7 @@ def render_panel(
     rows = []
     for k in range(examples):
         row_fields = samples[k] if truth is None else np.concatenate([truth[k][None], samples[k]])
-        vmax = max(float(row_fields.max()), 1e-6)
+        vmax = max(_finite_max(row_fields), 1e-6)
         tiles = []
         for channel in range(predictors.shape[-1]):
             coarse = (predictors[k, ..., channel] - low[channel]) / span[channel]
