@@ -47,6 +47,7 @@ def _check_data(config: ConfigDict) -> None:
             objects_max=d.objects_max,
             object_radius=d.object_radius,
             noise=d.noise,
+            detour_rate=d.detour_rate,
         )
     data.check_example_settings(d.done_fraction, d.examples_per_image)
 

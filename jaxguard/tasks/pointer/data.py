@@ -10,7 +10,8 @@ Embedded data (`generate`): grey images of `image_size` x `image_size` pixels
 holding `objects_min`..`objects_max` bright discs (21 on average by default, as
 in the seed) on a dim, noisy background, at least three radii apart. The
 visiting order is a nearest-neighbour tour from the top-left corner (see
-`visiting_order`). A `done_fraction` of the examples of each split is final
+`visiting_order`), or with `detour_rate` > 0 an annotator's tour that sometimes
+goes to the second-nearest object instead. A `done_fraction` of the examples of each split is final
 (`k = N`); the others draw `k` uniformly from `0..N-1`. (Drawing `k` uniformly
 from `0..N` would give a done rate of about `1 / (N + 1)`, 4.5% for 21 objects;
 the seed measured 3% in validation, so the rate is set directly.)
@@ -49,19 +50,32 @@ _SEPARATION_RADII = 3.0  # Minimum centre distance between objects, in object ra
 # ----------------------------------------------------------------------------- examples
 
 
-def visiting_order(column_row: np.ndarray) -> np.ndarray:
+def visiting_order(
+    column_row: np.ndarray, *, detour_rate: float = 0.0, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Indices of `[N, 2]` positions in visiting order: a nearest-neighbour tour.
 
     The tour starts at the object nearest the image's top-left corner (pixel
     position `(-0.5, -0.5)`, normalised `(0, 0)`) and always moves on to the
     nearest object not yet visited (ties: the lower index).
+
+    With `detour_rate` > 0 (a probability per step, `rng` required) the tour is an
+    annotator's: at each step with at least two objects left it goes, with that
+    probability, to the second-nearest object instead. Which steps detour is drawn
+    independently of the image, so the next object is ambiguous between the two
+    nearest; a model can only learn the odds, or memorise the training images' detours.
+    With `detour_rate` 0 nothing is drawn from `rng`.
     """
     remaining = list(range(len(column_row)))
     current = np.array([-0.5, -0.5])
     order = []
     while remaining:
         distances = np.hypot(*(column_row[remaining] - current).T)
-        nearest = remaining.pop(int(np.argmin(distances)))
+        rank = 0
+        if detour_rate > 0 and len(remaining) > 1 and rng.random() < detour_rate:
+            rank = 1
+        # Why: a stable sort keeps the lower index first on ties, as argmin does.
+        nearest = remaining.pop(int(np.argsort(distances, kind="stable")[rank]))
         order.append(nearest)
         current = column_row[nearest]
     return np.array(order, np.int64)
@@ -172,6 +186,7 @@ def _scenes(
     objects_max: int,
     object_radius: float,
     noise: float,
+    detour_rate: float,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """`n` images and their objects' normalised positions in visiting order."""
     counts = rng.integers(objects_min, objects_max + 1, size=n)
@@ -179,7 +194,7 @@ def _scenes(
     objects = []
     for i, count in enumerate(counts):
         centres = _place_objects(rng, int(count), image_size, object_radius)
-        centres = centres[visiting_order(centres)]
+        centres = centres[visiting_order(centres, detour_rate=detour_rate, rng=rng)]
         images[i] = _render(rng, centres, image_size, object_radius, noise)
         objects.append(coords.pixels_to_normalized(centres, (image_size, image_size)))
     return images, objects
@@ -198,11 +213,14 @@ def generate(
     done_fraction: float,
     examples_per_image: int,
     seed: int,
+    detour_rate: float = 0.0,
 ) -> dict[str, dict[str, np.ndarray]]:
     """The embedded train/val/test splits (`num_*` images each, see the module docstring).
 
     Splits come from independent child streams of `seed`, so the test split does not
-    change with `num_train` or `num_val`.
+    change with `num_train` or `num_val`. `detour_rate` (probability per tour step, see
+    `visiting_order`) makes every split's visiting orders an annotator's; at 0 the splits
+    are exactly those generated before the setting existed.
     """
     check_generator_settings(
         num_train=num_train,
@@ -213,6 +231,7 @@ def generate(
         objects_max=objects_max,
         object_radius=object_radius,
         noise=noise,
+        detour_rate=detour_rate,
     )
     check_example_settings(done_fraction, examples_per_image)
     streams = np.random.SeedSequence(seed).spawn(len(SPLITS))
@@ -227,6 +246,7 @@ def generate(
             objects_max=objects_max,
             object_radius=object_radius,
             noise=noise,
+            detour_rate=detour_rate,
         )
         splits[name] = make_examples(
             rng,
@@ -249,6 +269,7 @@ def check_generator_settings(
     objects_max: int,
     object_radius: float,
     noise: float,
+    detour_rate: float = 0.0,
 ) -> None:
     """Raises a ConfigError naming the first `data.*` key the generator cannot work with."""
     for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
@@ -260,6 +281,8 @@ def check_generator_settings(
         raise ConfigError(f"data.object_radius must be > 0, got {object_radius}")
     if not noise >= 0:
         raise ConfigError(f"data.noise must be >= 0, got {noise}")
+    if not 0.0 <= detour_rate < 1.0:
+        raise ConfigError(f"data.detour_rate must lie in [0, 1), got {detour_rate}")
     if not 1 <= objects_min <= objects_max:
         raise ConfigError(
             f"data.objects_min ({objects_min}) and data.objects_max ({objects_max}) must "

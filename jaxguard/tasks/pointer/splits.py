@@ -32,6 +32,7 @@ def make_splits(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
         done_fraction=d.done_fraction,
         examples_per_image=d.examples_per_image,
         seed=config.seed,
+        detour_rate=d.detour_rate,
     )
 
 

@@ -1,5 +1,7 @@
 """Embedded generator and mixed-mode examples of the pointer task (`data.py`)."""
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,77 @@ def test_generator_rejects_settings_that_cannot_work():
         data.generate(**{**_SMALL, "objects_max": 60, "objects_min": 50})
     with pytest.raises(ConfigError, match="data.done_fraction"):
         data.generate(**{**_SMALL, "done_fraction": 1.5})
+
+
+# ----------------------------------------------------------------------------- zoo data variant
+# The annotator's tour of the embedded generator (`data.detour_rate`, zoo variants).
+
+_TOUR_SMALL = dict(
+    num_train=60,
+    num_val=10,
+    num_test=10,
+    image_size=64,
+    objects_min=6,
+    objects_max=8,
+    object_radius=2.0,
+    noise=0.05,
+    done_fraction=0.25,
+    examples_per_image=1,
+    seed=5,
+)
+
+
+def _step_ranks(xy: np.ndarray) -> list[int]:
+    """Per tour step with two or more objects left: the rank (0 nearest) of the object taken."""
+    current, remaining, ranks = np.zeros(2), list(range(len(xy))), []
+    for visited in range(len(xy)):
+        distances = [np.hypot(*(xy[j] - current)) for j in remaining]
+        if len(remaining) > 1:
+            ranks.append(
+                int(np.argsort(distances, kind="stable").tolist().index(remaining.index(visited)))
+            )
+        remaining.remove(visited)
+        current = xy[visited]
+    return ranks
+
+
+# sha256 of the `_TOUR_SMALL` splits (every split, keys sorted, raw bytes) made by the generator as
+# it was before `detour_rate` existed (commit e3dc2a9).
+_DIGEST_BEFORE_DETOURS = "b98d9e37f0fcdff9b1a5396f615b283b3a91cc66a04bbf05004204ef750623b3"
+
+
+def test_zero_detour_rate_leaves_the_splits_bit_for_bit_unchanged():
+    digest = hashlib.sha256()
+    splits = data.generate(**_TOUR_SMALL, detour_rate=0.0)
+    for name in data.SPLITS:
+        for key in sorted(splits[name]):
+            digest.update(np.ascontiguousarray(splits[name][key]).tobytes())
+    assert digest.hexdigest() == _DIGEST_BEFORE_DETOURS
+
+
+def test_detours_go_to_the_second_nearest_object_at_the_set_rate():
+    split = data.generate(**_TOUR_SMALL, detour_rate=0.4)["train"]
+    ranks = np.array(
+        [
+            rank
+            for i in range(len(split["done"]))
+            for rank in _step_ranks(split["objects"][i, : split["num_objects"][i]])
+        ]
+    )
+    assert set(ranks.tolist()) <= {0, 1}  # Nearest or second-nearest, never further.
+    # About 60 images x 6 steps: 0.4 within four binomial standard deviations.
+    assert abs(ranks.mean() - 0.4) < 4 * np.sqrt(0.4 * 0.6 / len(ranks))
+
+
+def test_the_tour_without_detours_is_nearest_neighbour_every_step():
+    split = data.generate(**_TOUR_SMALL)["train"]
+    for i in range(len(split["done"])):
+        assert _step_ranks(split["objects"][i, : split["num_objects"][i]]) == [0] * (
+            split["num_objects"][i] - 1
+        )
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, float("nan")])
+def test_a_detour_rate_outside_zero_one_is_refused(rate):
+    with pytest.raises(ConfigError, match="data.detour_rate"):
+        data.generate(**_TOUR_SMALL, detour_rate=rate)

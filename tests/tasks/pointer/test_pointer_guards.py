@@ -97,7 +97,13 @@ def test_make_guards_follows_the_guard_sections(small, load_small):
     assert tuple(guard.name for guard in made) == TASK.guard_names
     assert made[0].low == 1e-5 and made[0].high == 100.0 and made[1].patience == 3
     collection = GuardCollection.from_config(config.guard, made)
-    assert collection.names == ("nonfinite", *TASK.guard_names, "early_stopping")
+    assert collection.names == (
+        "nonfinite",
+        *TASK.guard_names,
+        "volatility",
+        "overfitting",
+        "early_stopping",
+    )
     off = load_small(
         "guard.head_gradient_band.enabled=False", "guard.done_never_predicted.enabled=False"
     )
