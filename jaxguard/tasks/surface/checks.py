@@ -44,6 +44,7 @@ def _check_data(d: ConfigDict, depth: int) -> None:
     )
     _require(0 < d.fill_mean < 1, f"data.fill_mean must lie in (0, 1), got {d.fill_mean}")
     _require(d.blur > 0, f"data.blur must be > 0, got {d.blur}")
+    _require(0 < d.air_contrast <= 1, f"data.air_contrast must lie in (0, 1], got {d.air_contrast}")
     for key in _NON_NEGATIVE_DATA:
         _require(d[key] >= 0, f"data.{key} must be >= 0, got {d[key]}")
     _require(

@@ -17,9 +17,14 @@ papyrus sheets, stacked with narrow air gaps, that sometimes touch. Per volume:
     voxels, across the sheet) to the nearest sheet face, times a fibre texture along axis 0
     (`1 + fibre_contrast * h`, `h` an elongated smooth field), times a smooth bias field
     `1 + bias * b`, plus white noise of standard deviation `noise`; a sheet's interior has
-    intensity about 1 and air about 0 before the noise. Finally a random flip of each axis
-    and a random order of the axes, so the scroll axis and the sheets take any of the
-    grid's orientations.
+    intensity about 1 and air about 0 before the noise. With `air_contrast` below 1 the
+    air sits at `1 - air_contrast` instead (the occupancy is mapped to
+    `1 - air_contrast + air_contrast * occupancy`, in units of the sheet intensity): the
+    minority class is then hard to tell apart voxel by voxel while the labels stay the
+    same (the `imbalance` variants: at 0.6 the class means lie about 0.67 pooled standard
+    deviations apart instead of 1.2). Finally a random flip of each axis and a random
+    order of the axes, so the scroll axis and the sheets take any of the grid's
+    orientations.
 
 Every volume is normalised to zero mean and unit variance (the same is done to user
 volumes). The splits are drawn from independent child streams of the seed, so the test
@@ -69,6 +74,7 @@ def generate_volume(
     fibre_contrast: float,
     bias: float,
     noise: float,
+    air_contrast: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One embedded volume and its papyrus mask (see the module docstring).
 
@@ -83,6 +89,10 @@ def generate_volume(
       fibre_contrast: relative amplitude of the fibre texture inside the sheets.
       bias: relative amplitude of the smooth intensity bias field.
       noise: standard deviation of the white noise, in units of the sheet intensity.
+      air_contrast: how much darker air is than papyrus, in units of the sheet intensity:
+        air sits at `1 - air_contrast` before the fibre, bias and noise factors. 1 (air at
+        0) is the default image; smaller values make the minority class (air) hard to tell
+        apart from papyrus.
 
     Returns:
       `(volume, mask)`: float32 `[size, size, size]` normalised to zero mean and unit
@@ -108,9 +118,11 @@ def generate_volume(
     outside = np.minimum(across - fill, 1.0 - across) * spacing
     signed = np.where(mask, -inside, outside)
     occupancy = 1.0 / (1.0 + np.exp(signed / blur))
+    # 1 - 1.0 + 1.0 * occupancy is occupancy exactly: the default image is unchanged.
+    intensity = (1.0 - air_contrast) + air_contrast * occupancy
     fibres = 1.0 + fibre_contrast * _smooth_field(rng, shape, _FIBRE_CORRELATION)
     bias_field = 1.0 + bias * _smooth_field(rng, shape, _BIAS_CORRELATION * size)
-    volume = occupancy * fibres * bias_field + noise * rng.standard_normal(shape)
+    volume = intensity * fibres * bias_field + noise * rng.standard_normal(shape)
 
     # Any orientation: flip each axis with probability 1/2, then permute the axes.
     flips = tuple(axis for axis in range(3) if rng.random() < 0.5)
@@ -142,6 +154,7 @@ def generate_volumes(data, seed: int) -> dict[str, list[tuple[np.ndarray, np.nda
         fibre_contrast=data.fibre_contrast,
         bias=data.bias,
         noise=data.noise,
+        air_contrast=data.air_contrast,
     )
     volumes = {}
     for name, count, stream in zip(SPLITS, counts, streams, strict=True):

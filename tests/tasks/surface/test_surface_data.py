@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from jaxguard import config as config_lib
+from jaxguard.config import ConfigError
 from jaxguard.tasks.surface import data as data_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -96,3 +97,75 @@ def test_tiles_cover_the_volume_once():
     assert tiles["volume"].shape == (2 * 2 * 3, 4, 4, 4)
     np.testing.assert_array_equal(np.sort(tiles["volume"].ravel()), volume.ravel())
     np.testing.assert_array_equal(tiles["labels"], tiles["volume"] > 100)
+
+
+# ----------------------------------------------------------------------------- zoo data variant
+# The `data.air_contrast` variant of the embedded generator and the `imbalance` variants.
+
+CONFIG = os.path.join(ROOT, "configs/surface.py")
+# The generator's default settings on a small volume.
+SETTINGS = dict(
+    size=24,
+    sheet_spacing=(5.0, 8.0),
+    fill_mean=0.66,
+    fill_std=0.2,
+    warp=1.5,
+    blur=0.5,
+    fibre_contrast=0.3,
+    bias=0.15,
+    noise=0.4,
+)
+
+
+def _volume(seed: int, **overrides):
+    return data_lib.generate_volume(np.random.default_rng(seed), **{**SETTINGS, **overrides})
+
+
+def _separation(volume: np.ndarray, mask: np.ndarray) -> float:
+    """Papyrus mean minus air mean, in units of the pooled within-class standard deviation."""
+    air, papyrus = volume[mask == 0], volume[mask == 1]
+    return float((papyrus.mean() - air.mean()) / np.sqrt((air.var() + papyrus.var()) / 2))
+
+
+def test_default_air_contrast_leaves_the_volume_unchanged():
+    volume, mask = _volume(0)
+    again, same_mask = _volume(0, air_contrast=1.0)
+    np.testing.assert_array_equal(volume, again)
+    np.testing.assert_array_equal(mask, same_mask)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_low_air_contrast_keeps_the_labels_and_blurs_the_classes(seed):
+    volume, mask = _volume(seed)
+    faint, faint_mask = _volume(seed, air_contrast=0.6)
+    # Same geometry and the seed's 66% papyrus: only the image changes.
+    np.testing.assert_array_equal(mask, faint_mask)
+    assert mask.mean() == pytest.approx(0.66, abs=0.03)
+    assert abs(faint.mean()) < 1e-4 and faint.std() == pytest.approx(1.0, rel=1e-4)
+    # The class means are about 1.2 pooled standard deviations apart by default and about
+    # 0.67 at air_contrast 0.6, so a quarter of the air is brighter than the mean papyrus.
+    assert _separation(volume, mask) > 1.0
+    assert 0.5 < _separation(faint, faint_mask) < 0.8
+    assert np.mean(faint[mask == 0] > faint[mask == 1].mean()) > 0.2
+    assert np.mean(volume[mask == 0] > volume[mask == 1].mean()) < 0.15
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5])
+def test_air_contrast_out_of_range_names_the_key(value):
+    with pytest.raises(ConfigError, match="data.air_contrast"):
+        config_lib.load_config(CONFIG, [f"--cfg.data.air_contrast={value}"])
+
+
+def test_imbalance_variants_share_their_data_and_differ_in_the_seed_fix():
+    default = config_lib.load_config(CONFIG)
+    failure = config_lib.load_config(f"{CONFIG}:imbalance")
+    fixed = config_lib.load_config(f"{CONFIG}:imbalance_fixed")
+    assert default.data.air_contrast == 1.0
+    assert failure.data.to_dict() == fixed.data.to_dict()
+    assert failure.data.air_contrast < 1.0
+    assert (failure.optim.lr, failure.optim.warmup_epochs) == (1e-3, 0.0)
+    assert (fixed.optim.lr, fixed.optim.warmup_epochs) == (1e-2, 5.0)
+    assert (failure.loss.dice_weight, failure.loss.focal_weight) == (0.4, 0.2)
+    assert (fixed.loss.dice_weight, fixed.loss.focal_weight) == (0.3, 0.4)
+    assert not failure.loss.use_class_weights and fixed.loss.use_class_weights
+    assert fixed.loss.focal_alpha == 0.34
