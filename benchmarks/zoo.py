@@ -90,6 +90,7 @@ class Failure:
       reproduced: `(failure figures, twin figures) -> bool`.
       criterion: `reproduced` in words, for the table.
       onset: The epoch at which the failure shows in the failure run's log, or None.
+      missing: Why no variant reproduces the failure yet (the row is reported, not run), or "".
     """
 
     name: str
@@ -101,6 +102,7 @@ class Failure:
     reproduced: Callable[[dict[str, float], dict[str, float]], bool]
     criterion: str
     onset: Callable[[RunRecord], int | None]
+    missing: str = ""
 
 
 def first_epoch(record: RunRecord, condition: Callable[[dict[str, float]], bool]) -> int | None:
@@ -211,13 +213,19 @@ ZOO: tuple[Failure, ...] = (
     Failure(
         name="overfitting past the best epoch",
         seed="004",
-        failure="configs/pointer.py:overfit",
-        twin="configs/pointer.py:overfit_fixed",
+        failure="",
+        twin="",
         guards=("overfitting",),
         signal=lambda r: {"test pixel error": r.test["pixel_error_mean"]},
         reproduced=lambda f, t: f["test pixel error"] > 1.1 * t["test pixel error"],
         criterion="test pixel error more than 10% above the twin's",
         onset=overfit_onset,
+        missing=(
+            "no variant: with 200-300 training images, a 2x wider encoder and 30-45 epochs "
+            "without early stopping, val loss still fell every epoch (4.07 to 0.57); 97-99% "
+            "of it is the done term of a detector too small to memorise, and the pointer "
+            "head reads local patches and generalises"
+        ),
     ),
     Failure(
         name="lenient distance threshold",
@@ -359,6 +367,11 @@ def figures(values: dict[str, float]) -> str:
 def report(rows: list[dict], defaults: list[dict], info: dict) -> str:
     table = []
     for row in rows:
+        if row["missing"]:
+            table.append(
+                [f"{row['name']} ({row['seed_file']})", "-", "-", row["missing"], "-"]
+                + ["**no**", "-", "-"]
+            )
         for result in row["seeds"]:
             late = result["evaluations_after_onset"]
             caught = (
@@ -384,8 +397,12 @@ def report(rows: list[dict], defaults: list[dict], info: dict) -> str:
         [f"`{d['spec']}`", d["seed"], ", ".join(d["alarms"]) or "none", f"{d['seconds']:.0f}"]
         for d in defaults
     ]
-    reproduced = sum(all(r["reproduced"] for r in row["seeds"]) for row in rows)
-    caught = sum(all(r["caught_in_time"] for r in row["seeds"]) for row in rows)
+    reproduced = sum(
+        bool(row["seeds"]) and all(r["reproduced"] for r in row["seeds"]) for row in rows
+    )
+    caught = sum(
+        bool(row["seeds"]) and all(r["caught_in_time"] for r in row["seeds"]) for row in rows
+    )
     false_alarms = sum(bool(r["twin_alarms"]) for row in rows for r in row["seeds"]) + sum(
         bool(d["alarms"]) for d in defaults
     )
@@ -455,7 +472,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rows = []
     for row in selected:
-        seeds = [judge(row, record(row.failure, s), record(row.twin, s)) for s in args.seeds]
+        if row.missing:
+            seeds = []
+        else:
+            seeds = [judge(row, record(row.failure, s), record(row.twin, s)) for s in args.seeds]
         rows.append(
             {
                 "name": row.name,
@@ -464,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "twin": row.twin,
                 "guards": list(row.guards),
                 "criterion": row.criterion,
+                "missing": row.missing,
                 "seeds": seeds,
             }
         )

@@ -90,8 +90,10 @@ def test_collapse_guard_stops_a_constant_model(tmp_path):
     config = config_lib.load_config(os.path.join(ROOT, SMALL), overrides)
     summary = trainer.train_and_evaluate(config, str(tmp_path / "od"))
     assert summary["stopped_by"]["guard"] == "collapse"
-    assert summary["stopped_by"]["message"].startswith("variance collapse")
-    assert summary["epochs_run"] == 2
+    # Stopped on the diagnostics cadence (every 8 steps, 16 per epoch) at the second check
+    # below stop_below, inside epoch 0, before any evaluation.
+    assert summary["stopped_by"]["message"].startswith("variance collapse inside epoch 0 (step 16)")
+    assert summary["epochs_run"] == 0
     dump = json.load(open(tmp_path / "od" / "collapse_diagnostics.json"))
     assert dump["std_ratio"] < 0.1 and "variance collapse" in dump["message"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jaxguard.guards.base import Diagnostics, GuardEvent
 from jaxguard.guards.collapse import CollapseGuard
 
 
@@ -26,6 +27,13 @@ class EnsembleSpreadGuard(CollapseGuard):
     """
 
     name = "ensemble_spread"
+
+    def on_diagnostics(self, diagnostics: Diagnostics) -> GuardEvent | None:
+        """Evaluations only: one batch's spread/skill, from a few members, is too noisy to stop
+        a run on (the collapse guard's in-epoch check is for point predictions)."""
+        del diagnostics
+        return None
+
     spread_text = "ensemble spread"
     stop_text = "ensemble collapse"
     consequence = "the members are near-identical and the truth often falls outside all of them"

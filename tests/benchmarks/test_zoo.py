@@ -1,5 +1,7 @@
 """benchmarks.zoo's judging of runs: onset, the catching event, false alarms (no training)."""
 
+import dataclasses
+
 import pytest
 
 from benchmarks import zoo
@@ -23,7 +25,9 @@ def event(guard, level, epoch, message="m"):
     return {"guard": guard, "level": level, "epoch": epoch, "step": 10 * epoch, "message": message}
 
 
-OVERFITTING_ROW = next(row for row in zoo.ZOO if row.name == "overfitting past the best epoch")
+OVERFITTING_ROW = dataclasses.replace(
+    next(row for row in zoo.ZOO if row.name == "overfitting past the best epoch"), missing=""
+)
 
 
 def test_overfit_onset_is_the_first_epoch_10_percent_above_the_best_with_train_lower():
@@ -74,4 +78,8 @@ def test_every_row_names_a_failure_config_a_twin_and_guards():
     names = [row.name for row in zoo.ZOO]
     assert len(names) == len(set(names)) == 9
     for row in zoo.ZOO:
-        assert row.failure != row.twin and row.guards and row.failure.startswith("configs/")
+        assert row.guards
+        if row.missing:  # Reported, not run: no config to point at.
+            assert row.failure == row.twin == ""
+        else:
+            assert row.failure != row.twin and row.failure.startswith("configs/")

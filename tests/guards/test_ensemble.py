@@ -4,6 +4,7 @@ import pytest
 
 from jaxguard.configs.base import get_config
 from jaxguard.guards import EnsembleSpreadGuard, Evaluation
+from jaxguard.guards.base import Diagnostics
 
 COLLAPSED = {"spread": 0.135, "ensemble_mean_rmse": 1.49, "rank_low": 0.29, "rank_high": 0.57}
 
@@ -61,3 +62,9 @@ def test_state_round_trip_continues_the_count():
     second = EnsembleSpreadGuard(patience=3, start_epoch=0)
     second.load_state_dict(first.state_dict())
     assert second.on_evaluation(Evaluation(2, metrics(0.1))).level == "stop"
+
+
+def test_ensemble_spread_is_judged_at_evaluations_only():
+    guard = EnsembleSpreadGuard(stop_below=0.3, patience=1, start_epoch=0)
+    collapsed = Diagnostics(10, 3, {"spread_skill": 0.01})
+    assert guard.on_diagnostics(collapsed) is None and guard.on_diagnostics(collapsed) is None

@@ -29,7 +29,10 @@ def test_logged_terms_sum_to_the_total_and_match_numpy(
     step = 7  # Mid warm-up: 2 epochs x 10 steps.
     total, terms = loss_fn(TASK.loss_inputs(outputs, batch), step=step)
     names = ("mae", "crps", "extreme", "kl", "mass")
-    assert set(terms) == {f"{n}{s}" for n in names for s in ("", "/weight", "/weighted")}
+    assert set(terms) == {f"{n}{s}" for n in names for s in ("", "/weight", "/weighted")} | {
+        "extreme/reference",  # The plain extreme MAE: the term's effective weight is checked.
+        "extreme/effective_weight",
+    }
     assert float(total) == pytest.approx(sum(float(terms[f"{n}/weighted"]) for n in names))
 
     pred = np.asarray(outputs["pred"], np.float64)
@@ -56,6 +59,9 @@ def test_logged_terms_sum_to_the_total_and_match_numpy(
         assert float(terms[name]) == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
         assert float(terms[f"{name}/weight"]) == pytest.approx(weights[name], rel=1e-6), name
     assert expected["extreme"] > 0  # the batch holds extreme days
+    # The fixed term weighs its plain reference by exactly lambda_ext.
+    assert float(terms["extreme/reference"]) == pytest.approx(expected["extreme"], rel=1e-4)
+    assert float(terms["extreme/effective_weight"]) == pytest.approx(5.0, rel=1e-5)
 
 
 def test_beta_reaches_its_target_at_the_end_of_the_warmup(setup):
