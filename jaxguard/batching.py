@@ -61,3 +61,16 @@ def data_sharding() -> tuple[NamedSharding, NamedSharding]:
     # batch (Histogram.update in PointingMetrics) fails outside a mesh context.
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
     return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+
+def place_batch(batch: Batch, batch_sharding: NamedSharding, replicated: NamedSharding) -> Batch:
+    """Puts `batch` on the devices: split along its leading axis over them when its size is a
+    multiple of their number, else whole on every device.
+
+    Training batches always split (their size is checked at start-up). An evaluation's
+    last, smaller batch, or an eval batch size the device count does not divide, is
+    replicated instead: every device computes the same outputs, so no example is dropped and
+    the metrics equal a one-device run's, at the cost of doing that batch once per device.
+    """
+    divisible = split_size(batch) % len(batch_sharding.mesh.devices.flat) == 0
+    return jax.device_put(dict(batch), batch_sharding if divisible else replicated)

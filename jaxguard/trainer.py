@@ -28,7 +28,7 @@ from ml_collections import ConfigDict
 
 from jaxguard import config as config_lib
 from jaxguard import run_outputs, tasks
-from jaxguard.batching import data_sharding, iterate_batches, split_size
+from jaxguard.batching import data_sharding, iterate_batches, place_batch, split_size
 from jaxguard.batching import steps_per_epoch as count_steps
 from jaxguard.checkpoints import RunCheckpoints, committed_steps, describe_error
 from jaxguard.guards import BestCheckpoint, GuardCollection, GuardEvent
@@ -341,7 +341,7 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         checkpoints=RunCheckpoints(workdir, keep_latest=config.ckpt.keep_latest),
         writer=MultiWriter([]),
         epoch_csv=CsvWriter(os.path.join(workdir, "log.csv")),
-        shard=lambda batch: jax.device_put(dict(batch), batch_sharding),
+        shard=lambda batch: place_batch(batch, batch_sharding, replicated),
         replicated=replicated,
         actions=periodic_actions(config, diag_batch),
         state=built.state,

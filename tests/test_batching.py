@@ -1,5 +1,11 @@
 """Batching: deterministic shuffles, dropped remainders, steps per epoch."""
 
+import json
+import os
+import subprocess
+import sys
+
+import jax
 import numpy as np
 import pytest
 from ml_collections import ConfigDict
@@ -36,3 +42,50 @@ def test_steps_per_epoch_caps_and_refuses_a_batch_larger_than_the_split():
     config.train.batch_size = 11
     with pytest.raises(ConfigError, match=r"train.batch_size=11 is larger than the training split"):
         batching.steps_per_epoch(config, 10)
+
+
+# A toy run on 4 (XLA host) devices with eval batches of 30: 64 examples are 30 + 30 + 4, and
+# 30 is not a multiple of 4. Prints the test metrics as JSON.
+_DEVICES_SCRIPT = """
+import json, os, sys, tempfile
+sys.path.insert(0, {tests!r})
+from jaxguard import config as config_lib, trainer
+from jaxguard.writers import Console
+import io
+config = config_lib.load_config(os.path.join({tests!r}, "toy_config.py"), ["eval.batch_size=30"])
+summary = trainer.train_and_evaluate(
+    config, tempfile.mkdtemp(), console=Console(io.StringIO(), progress=False)
+)
+print(json.dumps({{"devices": __import__("jax").device_count(), **summary["test"]}}))
+"""
+
+
+def _toy_test_metrics(devices: int) -> dict:
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, "-c", _DEVICES_SCRIPT.format(tests=tests)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_evaluation_on_4_devices_keeps_every_example_and_matches_one_device():
+    one, four = _toy_test_metrics(1), _toy_test_metrics(4)
+    assert (one["devices"], four["devices"]) == (1, 4)
+    assert one["count"] == four["count"] == 64  # No test example dropped or padded in.
+    for key in ("r2", "mae", "rmse", "loss"):
+        assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+
+
+def test_place_batch_splits_divisible_batches_and_replicates_the_rest():
+    batch_sharding, replicated = batching.data_sharding()
+    placed = batching.place_batch(split(4 * jax.device_count()), batch_sharding, replicated)
+    assert placed["x"].sharding == batch_sharding
+    if jax.device_count() > 1:
+        odd = batching.place_batch(split(jax.device_count() + 1), batch_sharding, replicated)
+        assert odd["x"].sharding == replicated
