@@ -118,7 +118,8 @@ def get_config() -> config_dict.ConfigDict:
     overfitting = config.guard.overfitting = config_dict.ConfigDict()
     overfitting.enabled = True
     overfitting.metric = "loss"  # Validation loss, compared with `train_loss`.
-    overfitting.rise = 0.2  # Above its best by this share, while train loss falls below its own.
+    overfitting.rise = 0.2  # Above its best by this share, while train loss falls below its own
+    overfitting.train_drop = 0.1  # there by at least this share.
     overfitting.patience = 3
     overfitting.start_epoch = 1
 

@@ -530,6 +530,7 @@ def validate(config: config_dict.ConfigDict) -> None:
         ("guard.disagreement.start_epoch", guard.disagreement.start_epoch, 0),
         ("guard.overfitting.patience", guard.overfitting.patience, 1),
         ("guard.overfitting.start_epoch", guard.overfitting.start_epoch, 0),
+        ("guard.overfitting.train_drop", guard.overfitting.train_drop, 0),
         ("guard.loss_terms.patience", guard.loss_terms.patience, 1),
         ("log.every_steps", log.every_steps, 1),
         ("log.diagnostics_every_steps", log.diagnostics_every_steps, 1),

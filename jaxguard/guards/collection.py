@@ -188,6 +188,7 @@ def _comparison_guards(guard_config: Any) -> list[Guard]:
                 overfitting.rise,
                 overfitting.patience,
                 overfitting.start_epoch,
+                overfitting.train_drop,
             )
         )
     return found

@@ -26,7 +26,7 @@ class OverfittingGuard(Guard):
     validation `metric` so far and `train_at_best` the training loss of that evaluation, an
     evaluation counts when
 
-        metric > best + rise * |best|   and   train_loss < train_at_best;
+        metric > best + rise * |best|   and   train_loss < (1 - train_drop) * train_at_best;
 
     any other evaluation resets the count. At `patience` counted evaluations in a row the guard
     warns once (per stretch), with the figures and the best epoch, whose checkpoint is the one
@@ -35,6 +35,8 @@ class OverfittingGuard(Guard):
     Args:
       metric: The validation loss watched (unprefixed name), "loss" by default.
       rise: Relative margin above the best.
+      train_drop: How far (relative) the training loss must have fallen below its value at the
+        best evaluation: a training loss that only wobbles is noise, not memorisation.
       patience: Counted evaluations in a row before the warning.
       start_epoch: Earlier evaluations are ignored (no best is recorded from them).
     """
@@ -42,12 +44,20 @@ class OverfittingGuard(Guard):
     name = "overfitting"
 
     def __init__(
-        self, metric: str = "loss", rise: float = 0.2, patience: int = 3, start_epoch: int = 1
+        self,
+        metric: str = "loss",
+        rise: float = 0.2,
+        patience: int = 3,
+        start_epoch: int = 1,
+        train_drop: float = 0.1,
     ):
         owner = type(self).__name__
         self.metric = str(metric)
         check_positive(owner, "rise", rise)
         self.rise = float(rise)
+        if not 0 <= train_drop < 1:
+            raise ValueError(f"{owner}: `train_drop` must be in [0, 1), got {train_drop}.")
+        self.train_drop = float(train_drop)
         self.patience = check_count(owner, "patience", patience, 1)
         self.start_epoch = check_count(owner, "start_epoch", start_epoch, 0)
         self._best: tuple[int, float, float] | None = None  # (epoch, metric, train_loss)
@@ -64,7 +74,7 @@ class OverfittingGuard(Guard):
         if self._best is None or value < self._best[1]:
             self._best = (epoch, value, train)
         best_epoch, best, train_at_best = self._best
-        if value > best + self.rise * abs(best) and train < train_at_best:
+        if value > best + self.rise * abs(best) and train < (1 - self.train_drop) * train_at_best:
             self._count += 1
         else:
             self._count, self._warned = 0, False
