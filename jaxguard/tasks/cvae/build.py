@@ -44,9 +44,12 @@ def make_model(config: ConfigDict, splits, rngs: nnx.Rngs) -> DownscalingCVAE:
 
 def ensemble_members(config: ConfigDict) -> int:
     """Members drawn per validation and test day: `guard.ensemble_spread.members` when that
-    guard is on (the metrics it reads need them), else none."""
+    guard is on (the metrics it reads need them), and at least `loss.crps_members` when the
+    loss has a CRPS term (the validation loss scores them); else none."""
     spread = config.guard.ensemble_spread
-    return spread.members if spread.enabled else 0
+    guard_members = spread.members if spread.enabled else 0
+    crps_members = config.loss.crps_members if config.loss.lambda_crps > 0 else 0
+    return max(guard_members, crps_members)
 
 
 def forward(model: DownscalingCVAE, batch) -> dict[str, jax.Array]:
