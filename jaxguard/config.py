@@ -41,6 +41,7 @@ import jaxguard.configs
 from jaxguard import tasks
 from jaxguard.configs import base
 from jaxguard.guards import MonitorExpression, parse_watched
+from jaxguard.guards.base import MODES
 
 TASK_SECTIONS = ("data", "model", "loss")  # Filled freely by each task config; not in the schema.
 # Sections of `guard` every run has; a task config adds its own guards' (Task.guard_names).
@@ -81,7 +82,7 @@ RESUMABLE_KEYS = (
 )
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine")
-MONITOR_MODES = ("min", "max")
+MONITOR_MODES = MODES  # The guards' own: "min" or "max".
 
 _CONFIG_FOLDER_NAMES = ("configs", "cfgs")  # `cfgs/NAME.py` is an accepted alias of configs/.
 _OVERRIDE_PREFIXES = ("--cfg.", "cfg.")

@@ -7,8 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jaxguard._checks import check_positive
-from jaxguard.guards.base import check_count, check_state_matches
-from jaxguard.guards.early_stopping import MODES
+from jaxguard.guards.base import MODES, check_count, check_state_matches
 from jaxguard.guards.monitor import MonitorExpression
 
 

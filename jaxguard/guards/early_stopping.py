@@ -13,12 +13,11 @@ from jaxguard.guards.base import (
     GuardEvent,
     check_advance,
     check_count,
+    check_mode,
     check_state_matches,
     format_figure,
 )
 from jaxguard.guards.monitor import MonitorExpression
-
-MODES = ("min", "max")
 
 
 def _check_optional_finite(owner: str, name: str, value: float | None) -> float | None:
@@ -73,9 +72,7 @@ class EarlyStopping(Guard):
     ):
         owner = type(self).__name__
         self.monitor = MonitorExpression(monitor)
-        if mode not in MODES:
-            raise ValueError(f"{owner}: `mode` must be 'min' or 'max', got {mode!r}.")
-        self.mode = mode
+        self.mode = check_mode(owner, "mode", mode)
         self.patience = check_count(owner, "patience", patience, 1)
         check_positive(owner, "min_delta", min_delta, allow_zero=True)
         self.min_delta = float(min_delta)
