@@ -13,7 +13,8 @@ the longer image side) or pixels per `loss.threshold_units`, and the run prints
 both at start.
 
 Task guards: `guard.head_gradient_band` (first-epoch gradient norms of the x, y and done
-heads) and `guard.done_never_predicted` (warns when no done example gets p > 0.5).
+heads), `guard.done_never_predicted` (warns when no done example gets p > 0.5) and
+`guard.lenient_threshold` (warns when most misses sit inside the loss's quadratic zone).
 
 Variants (`--cfg configs/pointer.py:NAME`):
   seed_loss  the seed's discontinuous L1 hinge (`loss.spatial=seed_hinge`) instead of
@@ -116,6 +117,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     done = config.guard.done_never_predicted = config_dict.ConfigDict()
     done.enabled = True
     done.patience = 3  # Evaluations without a done prediction before warning.
+    lenient = config.guard.lenient_threshold = config_dict.ConfigDict()
+    lenient.enabled = True
+    # A pointing error above miss_px misses the object (None: 2 * data.object_radius, set it
+    # for user data); a soft miss is one still inside the loss threshold.
+    lenient.miss_px = config_dict.placeholder(float)
+    lenient.max_share = 0.35  # Warn above this share of soft misses...
+    lenient.patience = 3  # ...for this many evaluations in a row.
 
     config.log.every_steps = 10
     config.log.diagnostics_every_steps = 100

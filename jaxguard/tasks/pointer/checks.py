@@ -20,6 +20,7 @@ from jaxguard.tasks.pointer.loss import NORMS, SPATIAL_LOSSES, parse_pos_weight
 GUARD_KEYS = {
     guards.HeadGradientBand.name: ("enabled", "band"),
     guards.DoneNeverPredicted.name: ("enabled", "patience"),
+    guards.LenientThreshold.name: ("enabled", "miss_px", "max_share", "patience"),
 }
 
 
@@ -89,6 +90,9 @@ def _check_guards(guard: ConfigDict) -> None:
             _require(key in guard[name], f"guard.{name}.{key} is missing")
     guards.check_band(guard.head_gradient_band.band)
     guards.check_patience(guard.done_never_predicted.patience)
+    guards.check_miss_px(guard.lenient_threshold.miss_px)
+    guards.check_share(guard.lenient_threshold.max_share)
+    guards.check_patience(guard.lenient_threshold.patience)
 
 
 def check_config(config: ConfigDict) -> None:

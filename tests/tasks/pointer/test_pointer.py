@@ -70,7 +70,7 @@ def test_hooks_come_from_the_modules_by_concern():
 
 def test_guard_sections_of_the_config_are_the_task_s(load_small):
     config = load_small()
-    assert TASK.guard_names == ("head_gradient_band", "done_never_predicted")
+    assert TASK.guard_names == ("head_gradient_band", "done_never_predicted", "lenient_threshold")
     assert set(TASK.guard_names) <= set(config.guard)
 
 
