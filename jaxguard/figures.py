@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 DPI = 72  # Small on purpose: a figure renders in tens of milliseconds and stays a few tens of KB.
 FIGURE_DIR = "figures"  # Under the run directory.
 BAD_COLOUR = "0.6"  # Grey for NaN and Inf pixels (a diverged model).
-EVENT_COLOURS = {"stop": "tab:red", "warning": "tab:orange"}
+EVENT_COLOURS = {"stop": "tab:red", "warn": "tab:orange", "info": "tab:gray"}
 
 
 def new_figure(width: float, height: float) -> Figure:

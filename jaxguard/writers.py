@@ -74,12 +74,10 @@ class TensorBoardWriter:
         """The HParams dashboard's record of this run: `hparams` and `metrics` as `hparam/<key>`.
 
         Written into this run's own event file (tensorboardX's `add_hparams` would open a
-        sub-folder, showing each training run as two). Non-scalar hparams are stringified;
-        non-finite metrics are left out (the dashboard shows them as missing).
+        sub-folder, showing each training run as two). Non-scalar and non-finite hparams are
+        stringified; non-finite metrics are left out (the dashboard shows them as missing).
         """
-        plain = {
-            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()
-        }
+        plain = {k: v if is_plain(v) else str(v) for k, v in hparams.items()}
         finite = {f"hparam/{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))}
         file_writer = self._writer._get_file_writer()
         for summary in hparams_summaries(plain, finite):
@@ -92,6 +90,13 @@ class TensorBoardWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def is_plain(value: object) -> bool:
+    """A value the HParams dashboard takes as is: a string, bool, int or finite float."""
+    return isinstance(value, str | bool | int) or (
+        isinstance(value, float) and math.isfinite(value)
+    )
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -32,7 +32,7 @@ def _rows(epochs=5):
 
 def _all_figures(rng):
     pred, true = rng.normal(size=50), rng.normal(size=50)
-    events = [{"guard": "collapse", "level": "warning", "step": 30}]
+    events = [{"guard": "collapse", "level": "warn", "step": 30}]
     fields = rng.gamma(0.5, 10.0, (2, 6, 6))
     return {
         "learning_curves": figures.learning_curves(
@@ -133,8 +133,8 @@ def test_r_squared_matches_the_definition_on_finite_pairs(rng):
 
 def test_learning_curves_mark_each_event_at_its_epoch_and_name_each_guard_once():
     events = [
-        {"guard": "collapse", "level": "warning", "step": 30},
-        {"guard": "collapse", "level": "warning", "step": 45},
+        {"guard": "collapse", "level": "warn", "step": 30},
+        {"guard": "collapse", "level": "warn", "step": 45},
         {"guard": "early_stopping", "level": "stop", "step": 50},
     ]
     figure = figures.learning_curves(
@@ -147,7 +147,7 @@ def test_learning_curves_mark_each_event_at_its_epoch_and_name_each_guard_once()
     assert labels == [
         "train loss",
         "validation loss",
-        "collapse (warning)",
+        "collapse (warn)",
         "early_stopping (stop)",
     ]
     assert losses.get_yscale() == "log" and watched.get_title() == "no monitored metric"

@@ -164,11 +164,11 @@ def test_tensorboard_images_of_a_wrong_shape_or_type_are_refused(tmp_path, image
     writer.close()
 
 
-def test_tensorboard_hparams_keep_plain_values_and_stringify_the_rest(tmp_path):
+def test_tensorboard_hparams_keep_plain_values_and_stringify_the_rest(tmp_path, caplog):
     writer = TensorBoardWriter(str(tmp_path))
     writer.write_scalars(1, {"loss": 1.0})
     writer.write_hparams(
-        {"lr": 1e-3, "task": "cvae", "layers": (64, 32), "flag": True},
+        {"lr": 1e-3, "task": "cvae", "layers": (64, 32), "flag": True, "clip": float("inf")},
         {"best/val_r2": 0.5, "test/r2": 0.25, "test/nan": float("nan")},
     )
     writer.close()
@@ -182,6 +182,7 @@ def test_tensorboard_hparams_keep_plain_values_and_stringify_the_rest(tmp_path):
     assert hparams["task"].string_value == "cvae"
     assert hparams["layers"].string_value == "(64, 32)"
     assert hparams["flag"].bool_value is True
+    assert hparams["clip"].string_value == "inf"  # No non-finite number reaches TensorBoard.
     [experiment] = [v for _, tag, v in values if tag == "_hparams_/experiment"]
     data = plugin_hparams_pb2.HParamsPluginData.FromString(experiment.metadata.plugin_data.content)
     assert [m.name.tag for m in data.experiment.metric_infos] == [
@@ -192,6 +193,7 @@ def test_tensorboard_hparams_keep_plain_values_and_stringify_the_rest(tmp_path):
         ("hparam/best/val_r2", 0.5),
         ("hparam/test/r2", 0.25),
     ]
+    assert "NaN or Inf" not in caplog.text
 
 
 def test_tensorboard_purge_step_marks_a_restart_there(tmp_path):
