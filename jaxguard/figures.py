@@ -145,9 +145,10 @@ def learning_curves(
         values = column(rows, key)
         if np.isfinite(values).any():
             losses.plot(epochs, values, marker="o", markersize=3, label=label)
-    if all(v > 0 for line in losses.get_lines() for v in line.get_ydata() if np.isfinite(v)):
-        if losses.get_lines():
-            losses.set_yscale("log")
+    drawn = np.concatenate([line.get_ydata() for line in losses.get_lines()] or [[np.nan]])
+    low, high = finite_range(drawn)
+    if low > 0 and high > 10 * low:  # Log scale only where the losses span a decade or more.
+        losses.set_yscale("log")
     losses.set(title="losses", xlabel="epoch", ylabel="loss (task units)")
     if monitor is not None and monitor_values is not None:
         watched.plot(
@@ -158,6 +159,7 @@ def learning_curves(
         watched.set(title="no monitored metric", ylabel="-")
     watched.set_xlabel("epoch")
     for ax in (losses, watched):
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         mark_events(ax, events, steps_per_epoch)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
@@ -191,6 +193,7 @@ def epoch_curves(
     if reference is not None:
         ax.axhline(reference, color="0.3", linestyle=":", label=f"ideal ({reference:g})")
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return figure

@@ -25,7 +25,7 @@ def _expected_size(figure):
 
 def _rows(epochs=5):
     return [
-        {"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.5 / (e + 1), "val_r2": e / 10}
+        {"epoch": e, "train_loss": 10.0**-e, "val_loss": 1.5 * 10.0**-e, "val_r2": e / 10}
         for e in range(epochs)
     ]
 
@@ -151,6 +151,11 @@ def test_learning_curves_mark_each_event_at_its_epoch_and_name_each_guard_once()
         "early_stopping (stop)",
     ]
     assert losses.get_yscale() == "log" and watched.get_title() == "no monitored metric"
+    flat = [{**row, "train_loss": 1.0, "val_loss": 2.0} for row in _rows()]
+    figure = figures.learning_curves(
+        flat, [], steps_per_epoch=10, monitor=None, monitor_values=None, title="t"
+    )
+    assert figure.axes[0].get_yscale() == "linear"  # Less than a decade: linear.
 
 
 def test_log_cells_read_as_floats():
