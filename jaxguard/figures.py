@@ -346,7 +346,7 @@ def bars(
     ylim: tuple[float, float] | None = None,
 ) -> Figure:
     """Grouped bars: one group per label, one bar per series (`{legend: [len(labels)]}`)."""
-    figure = new_figure(max(3.5, 0.9 * len(labels) + 2.5), 3.4)
+    figure = new_figure(max(4.5, 0.9 * len(labels) + 2.5), 3.4)
     ax = figure.subplots()
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):

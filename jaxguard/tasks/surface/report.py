@@ -261,7 +261,7 @@ def run_figures(config: ConfigDict, splits, summary: RunSummary, outputs, batch)
             np.asarray(batch["volume"])[chosen],
             np.asarray(batch["labels"])[chosen],
             np.asarray(outputs["logits"])[chosen],
-            title="test patches (sliding-window masks: predicted_mask_<i>.npy)",
+            title="test patches, middle slice",
         )
     }
     path = os.path.join(summary.workdir, "volume_metrics.json")
@@ -276,7 +276,7 @@ def run_figures(config: ConfigDict, splits, summary: RunSummary, outputs, batch)
                 "model clDice": [v["cldice"] for v in volumes],
             },
             ylabel="dice (0 to 1)",
-            title="test volumes: dice of the sliding-window masks",
+            title="test volumes: sliding-window masks",
             ylim=(0.0, 1.0),
         )
     return drawn
