@@ -241,8 +241,9 @@ def value_histograms(
     pred, true = np.asarray(pred, np.float64).ravel(), np.asarray(true, np.float64).ravel()
     pred, true = pred[np.isfinite(pred)], true[np.isfinite(true)]
     edges = np.linspace(*finite_range(np.concatenate([pred, true]), floor=1e-6), bins + 1)
-    ax.hist(true, bins=edges, alpha=0.5, label=f"truth (std {np.std(true):.3g})")
-    ax.hist(pred, bins=edges, alpha=0.5, label=f"prediction (std {np.std(pred):.3g})")
+    for values, name in ((true, "truth"), (pred, "prediction")):
+        std = np.std(values) if values.size else math.nan  # A diverged model: no finite value.
+        ax.hist(values, bins=edges, alpha=0.5, label=f"{name} (std {std:.3g})")
     ax.set(title=title, xlabel=f"{quantity} ({units})", ylabel="examples")
     ax.legend(fontsize="small")
     return figure

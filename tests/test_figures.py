@@ -3,6 +3,7 @@ titles, labels and colorbars present; R² against NumPy's correlation; events on
 
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -115,6 +116,11 @@ def test_non_finite_fields_and_empty_values_still_draw(tmp_path):
     nan = np.full(5, np.nan)
     scatter = figures.pred_vs_true(nan, nan, quantity="x", units="m", title="all NaN")
     assert "R² = nan" in scatter.axes[0].get_title()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # No NumPy warning about empty arrays either.
+        histograms = figures.value_histograms(nan, np.ones(5), quantity="x", units="m", title="t")
+    labels = histograms.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["truth (std 0)", "prediction (std nan)"]
 
 
 def test_r_squared_matches_the_definition_on_finite_pairs(rng):
