@@ -3,7 +3,8 @@
 Each function here takes arrays or log rows and returns a `matplotlib.figure.Figure` with a
 title, labelled axes with units and, for images, one colorbar per quantity shared by every
 panel that shows it. `save_png` writes a figure as PNG (matplotlib encodes it with Pillow);
-`to_rgb` renders it as a `[H, W, 3]` uint8 array for TensorBoard (`write_figures` does both).
+`to_rgb` renders it as a `[H, W, 3]` uint8 array for TensorBoard; `write_figures` renders each
+figure once and writes both (the PNG encoded by Pillow).
 Figures are built on `Figure` directly, never through `pyplot`, so nothing opens a window,
 holds global state or needs a display. Sizes are `DPI` pixels per inch of `figsize`.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from matplotlib import colormaps, colors, patches, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 DPI = 72  # Small on purpose: a figure renders in tens of milliseconds and stays a few tens of KB.
 FIGURE_DIR = "figures"  # Under the run directory.
@@ -58,13 +60,14 @@ def write_figures(workdir: str, figures: Mapping[str, Figure], writer, step: int
     Returns:
       The paths written, in the order of `figures`.
     """
-    paths = [
-        save_png(fig, os.path.join(workdir, FIGURE_DIR, f"{name}.png"))
-        for name, fig in figures.items()
-    ]
-    writer.write_images(
-        step, {f"{FIGURE_DIR}/{name}": to_rgb(fig) for name, fig in figures.items()}
-    )
+    folder = os.path.join(workdir, FIGURE_DIR)
+    os.makedirs(folder, exist_ok=True)
+    images, paths = {}, []
+    for name, figure in figures.items():
+        images[f"{FIGURE_DIR}/{name}"] = rgb = to_rgb(figure)  # Drawn once, for both outputs.
+        paths.append(os.path.join(folder, f"{name}.png"))
+        Image.fromarray(rgb).save(paths[-1], format="PNG")
+    writer.write_images(step, images)
     return paths
 
 

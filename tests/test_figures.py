@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from matplotlib import colors
 from PIL import Image
 
 from jaxguard import figures
@@ -60,7 +61,7 @@ def _all_figures(rng):
 
 def _grid(fields):
     figure, axes = figures.image_grid(1, 2)
-    norm = figures.colors.Normalize(*figures.finite_range(fields))
+    norm = colors.Normalize(*figures.finite_range(fields))
     for ax, field in zip(axes[0], fields, strict=True):
         image = figures.show_field(ax, field, cmap="Blues", norm=norm)
     figures.shared_colorbar(figure, image, axes, "rain (mm/day)")
@@ -92,6 +93,8 @@ def test_to_rgb_renders_the_figure_size_and_write_figures_logs_each_one(tmp_path
     width, height = _expected_size(drawn["a"])
     assert paths == [str(tmp_path / "figures" / "a.png")]
     assert logged == [(7, {"figures/a": (height, width, 3)})]
+    with Image.open(paths[0]) as image:
+        assert (image.format, image.size) == ("PNG", (width, height))
     rgb = figures.to_rgb(drawn["a"])
     assert rgb.dtype == np.uint8 and rgb.shape == (height, width, 3)
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 2  # Something is drawn, not a blank.
@@ -109,7 +112,7 @@ def test_non_finite_fields_and_empty_values_still_draw(tmp_path):
     field = np.full((4, 4), np.nan)
     field[0, 0] = np.inf
     figure, axes = figures.image_grid(1, 1)
-    norm = figures.colors.Normalize(*figures.finite_range(field))
+    norm = colors.Normalize(*figures.finite_range(field))
     assert figures.finite_range(field) == (0.0, 1.0)
     figures.show_field(axes[0, 0], field, cmap="Blues", norm=norm)
     assert _decoded_size(figure, tmp_path / "nan.png")[0] == "PNG"
