@@ -249,7 +249,9 @@ def log_train_scalars(run: Run, epoch: int, index: int, measurements, batch) -> 
     stop = report_events(run, run.guards.on_step(StepInfo(step, epoch, scalars)), step)
     if stop is not None:
         raise RunStopped(stop)
-    run.console.progress(epoch, index + 1, run.steps_per_epoch, scalars["loss"])
+    run.console.progress(
+        epoch, index + 1, run.steps_per_epoch, scalars["loss"], epochs=run.config.train.epochs
+    )
 
 
 def write_diagnostics(run: Run, epoch: int, val_batch, train_batch) -> None:

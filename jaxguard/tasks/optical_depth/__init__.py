@@ -30,4 +30,6 @@ TASK = Task(
     startup_lines=report.startup_lines,
     pretrain=pretrain.pretrain,
     collapse_arrays=report.collapse_arrays,
+    images=report.images,
+    figures=report.run_figures,
 )

@@ -1,10 +1,11 @@
-"""What the optical-depth task prints and writes: start-up, report, tables, audit."""
+"""What the optical-depth task prints and writes: start-up, report, tables, audit, figures."""
 
 from __future__ import annotations
 
 import numpy as np
 from ml_collections import ConfigDict
 
+from jaxguard import figures
 from jaxguard.tasks.contract import RunSummary
 from jaxguard.tasks.optical_depth import data as data_lib
 
@@ -93,3 +94,45 @@ def audit(config: ConfigDict, splits) -> dict:
     ]
     result["recommendations"] = advice
     return result
+
+
+# ----------------------------------------------------------------------------- figures
+
+QUANTITY, UNITS = "optical depth", "dimensionless"
+
+
+def images(outputs, batch) -> dict[str, np.ndarray]:
+    """TensorBoard, each evaluation: validation predictions against the truth."""
+    figure = figures.pred_vs_true(
+        np.asarray(outputs["pred"]),
+        np.asarray(batch["target"]),
+        quantity=QUANTITY,
+        units=UNITS,
+        title="validation: predicted vs true",
+    )
+    return {"val/pred_vs_true": figures.to_rgb(figure)}
+
+
+def run_figures(config: ConfigDict, splits, summary: RunSummary, outputs, batch) -> dict:
+    """Test predictions against the truth (scatter, histograms) and the std ratio per epoch.
+
+    A collapsed model (seed 000) shows as a flat scatter, a narrow prediction histogram
+    and a std ratio far below 1.
+    """
+    del config, splits
+    pred, true = np.asarray(outputs["pred"]), np.asarray(batch["target"])
+    return {
+        "pred_vs_true": figures.pred_vs_true(
+            pred, true, quantity=QUANTITY, units=UNITS, title="test: predicted vs true"
+        ),
+        "histograms": figures.value_histograms(
+            pred, true, quantity=QUANTITY, units=UNITS, title="test: predictions and truths"
+        ),
+        "std_ratio": figures.epoch_curves(
+            summary.history,
+            {"prediction std / target std": "val_std_ratio"},
+            ylabel="std ratio (dimensionless)",
+            title="validation std ratio (collapse drives it to 0)",
+            reference=1.0,
+        ),
+    }
