@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxguard import config as config_lib
+from jaxguard import train
 from jaxguard.config import ConfigError
 from jaxguard.tasks.cvae import data as data_lib
 
@@ -406,3 +407,30 @@ def test_predictors_reveal_the_heavy_days(zoo_splits):
     heavy = (split["x"] > 41.0).any(axis=(1, 2))
     coarse_max = split["y"][..., 0].max(axis=(1, 2))
     assert coarse_max[heavy].min() > coarse_max[~heavy].max()
+
+
+def test_cli_prints_one_line_and_exits_2_on_a_huge_value(tmp_path, capsys, rain_arrays):
+    # The same path as `python -m jaxguard.train`: the data are read before anything compiles.
+    x, y = rain_arrays()
+    x = x.astype(np.float64)
+    x[2, 1, 3] = 1e30
+    path = tmp_path / "huge.npz"
+    np.savez(path, x=x, y=y)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(
+            [
+                "--cfg",
+                os.path.join(ROOT, "configs", "cvae.py:small"),
+                f"--cfg.data.source={path}",
+                "--workdir",
+                str(tmp_path / "run"),
+            ]
+        )
+    assert exit_info.value.code == train.CONFIG_ERROR_EXIT
+    # (Other lines may be warnings of the tests before, about JAX having run in this process.)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith(
+        f"error: data.source {path}: array 'x' holds 1 values beyond ±1e+15"
+    )

@@ -1,13 +1,17 @@
 """User images and their object positions (`jaxguard/tasks/pointer/sources.py`)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from jaxguard import train
 from jaxguard.config import ConfigError
 from jaxguard.tasks.pointer import coords, data, sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _write_images(folder, names, size=(20, 30), colour=None):
@@ -239,3 +243,29 @@ def test_non_finite_coordinates_are_refused(tmp_path, value):
     (tmp_path / "o.json").write_text(text)
     with pytest.raises(ConfigError, match=r"image b.png object 0 at .* lies outside"):
         _load(tmp_path / "o.json")
+
+
+def test_cli_prints_one_line_and_exits_2_on_a_coordinate_that_is_text(tmp_path, capsys):
+    # The same path as `python -m jaxguard.train`: the data are read before anything compiles.
+    _write_images(tmp_path, ["a.png", "b.png", "c.png"])
+    table = {"a.png": [[3, 4]], "b.png": [["abc", 1]], "c.png": [[1, 1]]}
+    path = tmp_path / "o.json"
+    path.write_text(json.dumps(table))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(
+            [
+                "--cfg",
+                os.path.join(ROOT, "configs", "pointer.py:small"),
+                f"--cfg.data.source={path}",
+                "--workdir",
+                str(tmp_path / "run"),
+            ]
+        )
+    assert exit_info.value.code == train.CONFIG_ERROR_EXIT
+    # (Other lines may be warnings of the tests before, about JAX having run in this process.)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith(
+        f'error: data.source {path}: image b.png object 0: [column, row] = ["abc", 1] are'
+    )

@@ -13,6 +13,7 @@ import tifffile
 import zarr
 
 from jaxguard import config as config_lib
+from jaxguard import train
 from jaxguard.config import ConfigError
 from jaxguard.tasks.surface import data as data_lib
 from jaxguard.tasks.surface import sources
@@ -449,4 +450,23 @@ def test_missing_optional_package_says_how_to_install_it(tmp_path, monkeypatch, 
         tmp_path,
         f"needs the {module} package, which is not installed; pip install 'jaxguard\\[io\\]'",
         names=mask_dir / mask_name,
+    )
+
+
+def test_cli_prints_one_line_and_exits_2_on_a_complex_volume(tmp_path, capsys):
+    # The same path as `python -m jaxguard.train`: the data are read before anything compiles.
+    volumes, masks = _pairs(3)
+    path = tmp_path / "complex.npz"
+    np.savez(path, volume=volumes.astype(np.complex64), mask=masks)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(
+            ["--cfg", SMALL, f"--cfg.data.source={path}", "--workdir", str(tmp_path / "run")]
+        )
+    assert exit_info.value.code == train.CONFIG_ERROR_EXIT
+    # (Other lines may be warnings of the tests before, about JAX having run in this process.)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith(
+        f"error: data.source: {path}[0]: volume has dtype complex64; expected real numbers"
     )
