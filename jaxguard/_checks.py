@@ -1,7 +1,8 @@
-"""Argument checks shared by losses and metrics.
+"""Argument checks shared by losses and metrics, and the value range of user input arrays.
 
 Every check runs at trace time on static shapes and dtypes, so it costs nothing
-inside a compiled step. Failures raise with a message that names the function
+inside a compiled step (`input_value_problem` runs on NumPy arrays, once, when data are
+read). Failures raise with a message that names the function
 and the argument, e.g. ``variance_penalty: `pred` has shape (3,) but `target`
 has shape (4,); they must be equal``.
 """

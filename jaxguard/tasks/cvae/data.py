@@ -67,6 +67,7 @@ import numpy as np
 
 from jaxguard import _checks
 from jaxguard.config import ConfigError
+from jaxguard.tasks.user_files import is_zarr, one_line, read_npz, real_float32
 
 SPLITS = ("train", "val", "test")
 PREDICTOR_NAMES = ("coarse precipitation", "moisture", "instability")
@@ -300,57 +301,6 @@ def import_xarray(where: str, engine: str):
     return importlib.import_module("xarray")
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
-def _checked_array(where: str, name: str, values: np.ndarray, layout: str) -> np.ndarray:
-    """`values` as float32 after the checks every user array passes (rank by the caller)."""
-    if values.dtype == object:
-        raise ConfigError(f"{where}: {name} holds Python objects; expected float numbers")
-    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
-        raise ConfigError(f"{where}: {name} has dtype {values.dtype}; expected float numbers")
-    if values.size == 0:
-        raise ConfigError(
-            f"{where}: {name} has shape {values.shape}, an empty axis; expected {layout} with "
-            "every axis at least 1"
-        )
-    problem = _checks.input_value_problem(name, values)
-    if problem:
-        raise ConfigError(f"{where}: {problem}")
-    return values.astype(np.float32)
-
-
-def _read_npz(where: str, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """`x` and `y` of an `.npz` file, as stored."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{where}: not a readable .npz file ({error})") from None
-    arrays = []
-    with archive:
-        for name in ("x", "y"):
-            if name not in archive.files:
-                raise ConfigError(
-                    f"{where}: array {name!r} is missing (the file has "
-                    f"{', '.join(archive.files) or 'no arrays'}); expected x [N, H, W] and "
-                    "y [N, h, w, C]"
-                )
-            try:
-                arrays.append(archive[name])
-            except ValueError as error:
-                if "allow_pickle" not in str(error):
-                    raise ConfigError(f"{where}: array {name!r}: {_one_line(error)}") from None
-                raise ConfigError(
-                    f"{where}: array {name!r} is a pickled object array, and .npz files are read "
-                    "with allow_pickle=False (pickles can run code); save numbers, e.g. "
-                    f"np.savez(path, {name}=np.asarray(values, np.float32), ...)"
-                ) from None
-            except Exception as error:  # zipfile.BadZipFile, EOFError, ... on a damaged member
-                raise ConfigError(f"{where}: array {name!r}: {_one_line(error)}") from None
-    return arrays[0], arrays[1]
-
-
 def _open_dataset(where: str, path: str):
     """The xarray Dataset at `path`: netCDF4 (h5netcdf), netCDF3 (scipy) or zarr."""
     if os.path.isdir(path):
@@ -370,7 +320,7 @@ def _open_dataset(where: str, path: str):
         return xarray.open_dataset(path, engine=engine)
     except Exception as error:  # OSError, ValueError, KeyError, ... from the engines
         kind = "zarr store" if engine == "zarr" else "netCDF file"
-        raise ConfigError(f"{where}: not a readable {kind} ({_one_line(error)})") from None
+        raise ConfigError(f"{where}: not a readable {kind} ({one_line(error)})") from None
 
 
 def _variable(where: str, dataset, name: str, dims: tuple[str, ...], key: str, extra: int):
@@ -392,7 +342,7 @@ def _variable(where: str, dataset, name: str, dims: tuple[str, ...], key: str, e
     try:
         values = array.transpose(*dims, *rest).values
     except Exception as error:  # a damaged chunk or codec error
-        raise ConfigError(f"{where}: variable {name!r}: {_one_line(error)}") from None
+        raise ConfigError(f"{where}: variable {name!r}: {one_line(error)}") from None
     return values, rest
 
 
@@ -409,13 +359,13 @@ def _read_dataset(where: str, path: str, names: Names):
         field, _ = _variable(
             where, dataset, names.field, (names.time, *names.fine), "data.field_var", 0
         )
-        field = _checked_array(where, f"variable {names.field!r}", field, "(time, lat, lon)")
+        field = real_float32(where, f"variable {names.field!r}", field, "(time, lat, lon)")
         predictors, channels = [], []
         for name in names.predictors:
             values, rest = _variable(
                 where, dataset, name, (names.time, *names.coarse), "data.predictor_vars", 1
             )
-            values = _checked_array(where, f"variable {name!r}", values, "(time, lat, lon)")
+            values = real_float32(where, f"variable {name!r}", values, "(time, lat, lon)")
             if rest:
                 labels = _axis_values(dataset, rest[0])
                 channels += [f"{name}[{label}]" for label in labels]
@@ -431,13 +381,6 @@ def _read_dataset(where: str, path: str, names: Names):
             "field_attrs": dict(dataset[names.field].attrs),
         }
     return field, np.concatenate(predictors, axis=-1), axes
-
-
-def _is_zarr(path: str) -> bool:
-    return os.path.isdir(path) and (
-        path.rstrip(os.sep).endswith(".zarr")
-        or any(os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zgroup"))
-    )
 
 
 def _check_pair(where: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -493,19 +436,15 @@ def load_source(
         )
     axes = None
     if path.endswith(".npz") and os.path.isfile(path):
-        raw = _read_npz(where, path)
-        x, y = (
-            _checked_array(where, f"array {name!r}", values, layout)
-            for name, values, layout in zip(
-                ("x", "y"), raw, ("[N, H, W]", "[N, h, w, C]"), strict=True
-            )
-        )
+        raw = read_npz(where, path, ("x", "y"), "x [N, H, W] and y [N, h, w, C]")
+        x = real_float32(where, "array 'x'", raw["x"], "[N, H, W]")
+        y = real_float32(where, "array 'y'", raw["y"], "[N, h, w, C]")
         for name, values, rank, layout in (("x", x, 3, "[N, H, W]"), ("y", y, 4, "[N, h, w, C]")):
             if values.ndim != rank:
                 raise ConfigError(
                     f"{where}: array {name!r} has shape {values.shape}; expected {layout}"
                 )
-    elif (path.endswith(".nc") and os.path.isfile(path)) or _is_zarr(path):
+    elif (path.endswith(".nc") and os.path.isfile(path)) or is_zarr(path):
         x, y, axes = _read_dataset(where, path, names)
     else:
         raise ConfigError(

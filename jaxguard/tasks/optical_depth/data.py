@@ -78,6 +78,7 @@ from ml_collections import ConfigDict
 
 from jaxguard import _checks, losses
 from jaxguard.config import ConfigError
+from jaxguard.tasks.user_files import is_zarr, one_line, read_npz, real_float32
 
 TARGET_MIN = 0.15
 TARGET_MAX = 1.95
@@ -329,40 +330,6 @@ def oracle_r2(split: dict[str, np.ndarray]) -> float:
     return float(1.0 - np.sum((target - oracle) ** 2) / total)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
-def _read_npz(where: str, path: str) -> dict[str, np.ndarray]:
-    """The arrays `frames` and `targets` of an `.npz` file, as stored."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as error:  # zipfile.BadZipFile, ValueError, OSError, ...
-        raise ConfigError(f"{where}: not a readable .npz file ({_one_line(error)})") from None
-    arrays = {}
-    with archive:
-        for name in USER_ARRAYS:
-            if name not in archive.files:
-                raise ConfigError(
-                    f"{where}: array {name!r} is missing (the file has "
-                    f"{', '.join(archive.files) or 'no arrays'}); expected frames [N, T, H, W] "
-                    "and targets [N]"
-                )
-            try:
-                arrays[name] = archive[name]
-            except ValueError as error:
-                if "allow_pickle" not in str(error):
-                    raise ConfigError(f"{where}: array {name!r}: {_one_line(error)}") from None
-                raise ConfigError(
-                    f"{where}: array {name!r} is a pickled object array, and .npz files are read "
-                    "with allow_pickle=False (pickles can run code); save numbers, e.g. "
-                    f"np.savez(path, {name}=np.asarray(values, np.float32), ...)"
-                ) from None
-            except Exception as error:  # a damaged member
-                raise ConfigError(f"{where}: array {name!r}: {_one_line(error)}") from None
-    return arrays
-
-
 def _read_zarr(where: str, path: str) -> dict[str, np.ndarray]:
     """The arrays `frames` and `targets` of a zarr group, read whole."""
     try:
@@ -376,7 +343,7 @@ def _read_zarr(where: str, path: str) -> dict[str, np.ndarray]:
         group = zarr.open_group(store=path, mode="r")
         names = sorted(group.array_keys())
     except Exception as error:  # zarr raises ValueError subclasses, JSONDecodeError, OSError
-        raise ConfigError(f"{where}: not a readable zarr group ({_one_line(error)})") from None
+        raise ConfigError(f"{where}: not a readable zarr group ({one_line(error)})") from None
     arrays, listed = {}, ", ".join(names) or "no arrays"
     for name in USER_ARRAYS:
         if name not in names:
@@ -387,7 +354,7 @@ def _read_zarr(where: str, path: str) -> dict[str, np.ndarray]:
         try:
             arrays[name] = np.asarray(group[name][...])
         except Exception as error:  # e.g. a codec error on a corrupt chunk
-            raise ConfigError(f"{where}: array {name!r}: {_one_line(error)}") from None
+            raise ConfigError(f"{where}: array {name!r}: {one_line(error)}") from None
     return arrays
 
 
@@ -395,27 +362,7 @@ def _checked(where: str, name: str, values: np.ndarray, layout: str) -> np.ndarr
     """`values` as float32 after the rank, dtype, size and value checks."""
     if values.ndim != len(layout.split(",")):
         raise ConfigError(f"{where}: array {name!r} has shape {values.shape}; expected {layout}")
-    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
-        raise ConfigError(
-            f"{where}: array {name!r} has dtype {values.dtype}; expected real numbers "
-            "(integers or floats)"
-        )
-    if values.size == 0:
-        raise ConfigError(
-            f"{where}: array {name!r} has shape {values.shape}, an empty axis; expected {layout} "
-            "with every axis at least 1"
-        )
-    problem = _checks.input_value_problem(f"array {name!r}", values)
-    if problem:
-        raise ConfigError(f"{where}: {problem}")
-    return values.astype(np.float32)
-
-
-def _is_zarr(path: str) -> bool:
-    return os.path.isdir(path) and (
-        path.rstrip(os.sep).endswith(".zarr")
-        or any(os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zgroup"))
-    )
+    return real_float32(where, f"array {name!r}", values, layout)
 
 
 def load_source(
@@ -446,8 +393,8 @@ def load_source(
     if not os.path.exists(path):
         raise ConfigError(f"{where}: no such file")
     if path.endswith(".npz") and os.path.isfile(path):
-        raw = _read_npz(where, path)
-    elif _is_zarr(path):
+        raw = read_npz(where, path, USER_ARRAYS, "frames [N, T, H, W] and targets [N]")
+    elif is_zarr(path):
         raw = _read_zarr(where, path)
     else:
         raise ConfigError(

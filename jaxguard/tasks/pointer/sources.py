@@ -28,6 +28,7 @@ from PIL import Image
 
 from jaxguard.config import ConfigError
 from jaxguard.tasks.pointer import coords, data
+from jaxguard.tasks.user_files import one_line
 
 SUFFIXES = (".csv", ".json")
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -111,10 +112,6 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
 def _grey(image: Image.Image) -> np.ndarray:
     """A Pillow image as 8-bit grey `[H, W]` uint8, converted as the module docstring says."""
     if image.mode in ("L", "LA", "La"):
@@ -156,7 +153,7 @@ def _image_size(source: str, path: str) -> tuple[int, int]:
             width, height = image.size
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ConfigError(
-            f"data.source {source}: image {path}: not a readable image ({_one_line(error)})"
+            f"data.source {source}: image {path}: not a readable image ({one_line(error)})"
         ) from None
     return height, width
 
@@ -203,7 +200,7 @@ def load_folder(
             pixels = read_grey(path)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise ConfigError(
-                f"data.source {source}: image {name}: not a readable image ({_one_line(error)})"
+                f"data.source {source}: image {name}: not a readable image ({one_line(error)})"
             ) from None
         if size is None:
             size, first = pixels.shape, name

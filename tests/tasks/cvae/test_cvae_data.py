@@ -221,9 +221,9 @@ def _bad_npz(tmp_path, x, y, case):
             "infinite y",
             r"array 'y' holds 1 NaN or infinite values \(first at index \(5, 0, 1, 1\)\)",
         ),
-        ("strings", r"array 'x' has dtype <U\d+; expected float numbers"),
-        ("complex", r"array 'y' has dtype complex64; expected float numbers"),
-        ("booleans", r"array 'x' has dtype bool; expected float numbers"),
+        ("strings", r"array 'x' has dtype <U\d+; expected real numbers"),
+        ("complex", r"array 'y' has dtype complex64; expected real numbers"),
+        ("booleans", r"array 'x' has dtype bool; expected real numbers"),
         (
             "pickled",
             r"array 'x' is a pickled object array, and .npz files are read with "
@@ -286,7 +286,7 @@ def _write_dataset(tmp_path, dataset, kind):
         ("empty grid", r"variable 'pr' has shape \(20, 0, 8\), an empty axis"),
         ("nan", r"variable 'psl' holds 1 NaN or infinite values \(first at index \(4, 1, 0\)\)"),
         ("huge", r"variable 'pr' holds 1 values beyond ±1e\+15"),
-        ("strings", r"variable 'psl' has dtype <U\d+; expected float numbers"),
+        ("strings", r"variable 'psl' has dtype <U\d+; expected real numbers"),
         ("ratio", "x grid 8x8 is not a whole multiple of the y grid 3x2"),
     ],
 )
