@@ -289,8 +289,9 @@ def index_coordinates(splits: dict[str, dict[str, np.ndarray]], names: Names) ->
 
 
 def import_xarray(where: str, engine: str):
-    """xarray, after checking the engine's package (`h5netcdf`, `scipy`, `zarr`) imports."""
-    for module in ("xarray", engine):
+    """xarray, after checking that the engine's packages (h5netcdf and h5py, scipy, zarr) import."""
+    # h5netcdf imports without h5py (its HDF5 backend) and fails only when a file is opened.
+    for module in ("xarray", engine, *(("h5py",) if engine == "h5netcdf" else ())):
         try:
             importlib.import_module(module)
         except ImportError as error:

@@ -336,7 +336,7 @@ def test_missing_file_unknown_format_and_too_few_samples(tmp_path, write_npz, ra
         )
 
 
-@pytest.mark.parametrize("module", ["xarray", "h5netcdf"])
+@pytest.mark.parametrize("module", ["xarray", "h5netcdf", "h5py"])
 def test_without_the_io_extra_the_error_names_it(tmp_path, monkeypatch, module):
     path = tmp_path / "era.nc"
     path.write_bytes(b"\x89HDF\r\n\x1a\n")
