@@ -16,8 +16,8 @@ import numpy as np
 from jaxguard import _checks
 from jaxguard.config import ConfigError
 
-# Metadata files that mark a folder as a zarr store: format 3, and format 2's group.
-_ZARR_MARKERS = ("zarr.json", ".zgroup")
+# Metadata files that mark a folder as a zarr store: format 3, format 2's group and array.
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 
 
 def one_line(error: BaseException) -> str:
@@ -28,7 +28,7 @@ def one_line(error: BaseException) -> str:
 def is_zarr(path: str) -> bool:
     """Whether `path` is a zarr store on disk: a `.zarr` folder or one with zarr metadata."""
     return os.path.isdir(path) and (
-        path.rstrip(os.sep).endswith(".zarr")
+        path.rstrip(os.sep).lower().endswith(".zarr")
         or any(os.path.exists(os.path.join(path, marker)) for marker in _ZARR_MARKERS)
     )
 

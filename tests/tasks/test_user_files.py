@@ -17,8 +17,13 @@ def test_is_zarr_knows_stores_by_name_or_metadata(tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "v3").mkdir()
     (tmp_path / "v3" / "zarr.json").write_text("{}")
+    (tmp_path / "V2.ZARR").mkdir()
+    (tmp_path / "array2").mkdir()
+    (tmp_path / "array2" / ".zarray").write_text("{}")
     assert user_files.is_zarr(str(tmp_path / "a.zarr"))
     assert user_files.is_zarr(str(tmp_path / "v3"))
+    assert user_files.is_zarr(str(tmp_path / "V2.ZARR"))
+    assert user_files.is_zarr(str(tmp_path / "array2"))
     assert not user_files.is_zarr(str(tmp_path / "plain"))
     assert not user_files.is_zarr(str(tmp_path / "absent.zarr"))
 

@@ -30,6 +30,7 @@ from jaxguard import _checks
 from jaxguard.config import ConfigError
 from jaxguard.tasks.surface import readers
 from jaxguard.tasks.surface.data import normalise
+from jaxguard.tasks.user_files import is_zarr
 
 
 def _load_folder(source: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -135,7 +136,7 @@ def load_volumes(source: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """
     if not os.path.exists(source):
         raise ConfigError(f"data.source: {source} not found")
-    if os.path.isdir(source) and not readers.is_zarr(source):
+    if os.path.isdir(source) and not is_zarr(source):
         return _load_folder(source)
     volume, mask = readers.read_source_file(source)
     volumes = _stack(volume, source, "volume")
