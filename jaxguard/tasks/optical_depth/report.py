@@ -12,11 +12,13 @@ from jaxguard.tasks.optical_depth import data as data_lib
 
 def startup_lines(config: ConfigDict, splits) -> list[str]:
     target = splits["train"]["target"]
-    return [
+    line = (
         f"train targets: mean {target.mean():.3f}, std {target.std():.3f}, range "
-        f"[{target.min():.2f}, {target.max():.2f}]; oracle R² on test "
-        f"{data_lib.oracle_r2(splits['test']):.3f}"
-    ]
+        f"[{target.min():.2f}, {target.max():.2f}]"
+    )
+    if "oracle" in splits["test"]:  # The generator's; user data (data.source) have none.
+        line += f"; oracle R² on test {data_lib.oracle_r2(splits['test']):.3f}"
+    return [line]
 
 
 def histograms(outputs, batch) -> dict[str, np.ndarray]:
@@ -28,16 +30,22 @@ def collapse_arrays(outputs, batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prediction_table(outputs, batch) -> dict[str, np.ndarray]:
-    return {"true": batch["target"], "predicted": outputs["pred"], "oracle": batch["oracle"]}
+    table = {"true": batch["target"], "predicted": outputs["pred"]}
+    if "oracle" in batch:  # The generator's; user data (data.source) have none.
+        table["oracle"] = batch["oracle"]
+    return table
 
 
 def report_lines(config: ConfigDict, splits, summary: RunSummary) -> list[str]:
     test = summary.test
-    oracle = data_lib.oracle_r2(splits["test"])
+    r2 = f"R² {test['r2']:.4f}"
+    if "oracle" in splits["test"]:  # The generator's; user data (data.source) have none.
+        oracle = data_lib.oracle_r2(splits["test"])
+        r2 += f" (oracle {oracle:.4f}, {test['r2'] / oracle:.1%} of it)"
     return [
         f"optical depth, config {config.task} (seed {config.seed}), workdir {summary.workdir}",
         f"test split: {len(splits['test']['target'])} sequences of {config.data.frames} frames",
-        f"R² {test['r2']:.4f} (oracle {oracle:.4f}, {test['r2'] / oracle:.1%} of it)",
+        r2,
         f"MAE {test['mae']:.4f}  RMSE {test['rmse']:.4f}  MAPE {test['mape']:.1%}",
         f"pred std {test['pred_std']:.4f} vs target std {test['target_std']:.4f} "
         f"(std ratio {test['std_ratio']:.3f}, variance ratio {test['variance_ratio']:.3f})",
