@@ -82,6 +82,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.model.mark_sigma = 1.0  # Marking dots' std in cells.
     config.model.attention_scale = 100.0  # Multiplies the attention logits (zero-initialised).
     config.model.head_init_std = 0.01
+    config.model.done_input = "detector"  # detector | encoder (the seed's; memorises done)
 
     # Loss: spatial hinge on pointing steps + done_weight * weighted BCE.
     config.loss = config_dict.ConfigDict()
@@ -147,6 +148,17 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.data.num_test = 200
         config.train.epochs = 18
         config.loss.threshold = 0.3 if arg == "lenient" else 0.1
+    elif arg in ("overfit", "overfit_fixed"):
+        # The seed's design: the done head on the shared encoder, a small training set and,
+        # in the failure, no early stopping (the seed's 55 epochs past the best at 10).
+        config.model.done_input = "encoder"
+        config.data.num_train = 200
+        config.data.num_val = 200
+        config.data.num_test = 200
+        config.train.epochs = 40
+        if arg == "overfit":
+            config.guard.early_stopping.enabled = False
+            config.guard.best.enabled = False
     elif arg == "done_unweighted":
         config.loss.pos_weight = "1"
     elif arg == "small":

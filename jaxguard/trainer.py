@@ -117,9 +117,9 @@ def train_epochs(run: Run, on_epoch_end: Callable[[int], None] | None) -> None:
         if run.interrupt.signum is not None:
             raise_interrupted(run)
         run.epoch = epoch
-        train_losses = train_epoch(run, epoch)
+        train_loss = train_epoch(run, epoch)
         val, val_outputs, val_batches = evaluate_epoch(run)
-        is_best, stop = consult_guards(run, epoch, val, train_losses)
+        is_best, stop = consult_guards(run, epoch, val, train_loss)
         save_checkpoint(run, epoch, is_best, stop=stop)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -380,7 +380,10 @@ def restore(run: Run) -> None:
     run.epoch = meta["epoch"]
     run.start_epoch = meta["epoch"] + (0 if in_epoch else 1)
     run.resume_steps = in_epoch["steps"] if in_epoch else 0
-    run.train_losses = list(in_epoch["train_losses"]) if in_epoch else []
+    if in_epoch:
+        # float32, as the device sum it was read from: the resumed epoch sums the same way.
+        run.train_loss_sum = np.float32(in_epoch["train_loss_sum"])
+        run.train_loss_steps = int(in_epoch["train_loss_steps"])
     run.history = meta["history"]
     if meta.get("stopped_by"):
         run.stopped_by = GuardEvent(**meta["stopped_by"])

@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 from jaxguard.config import ConfigError
 from jaxguard.tasks.pointer import coords, data, guards, sources
 from jaxguard.tasks.pointer.loss import NORMS, SPATIAL_LOSSES, parse_pos_weight
+from jaxguard.tasks.pointer.model import DONE_INPUTS
 
 # Keys of the task's guard sections (each section is required; `enabled` switches it off).
 GUARD_KEYS = {
@@ -69,6 +70,7 @@ def _check_model(m: ConfigDict) -> None:
         all(d >= 1 for d in m.dilations),
         f"model.dilations must hold dilations >= 1, got {tuple(m.dilations)}",
     )
+    _choice(m.done_input, "model.done_input", DONE_INPUTS)
 
 
 def _check_loss(cfg: ConfigDict) -> None:

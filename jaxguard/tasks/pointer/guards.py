@@ -213,9 +213,10 @@ class LenientThreshold(Guard):
     After each evaluation: if more than `max_share` of the validation pointing errors are
     soft misses (`soft_miss_rate`: the error exceeds `miss_px`, so the prediction is off the
     object, but stays under the loss threshold, inside the quadratic zone whose gradient
-    shrinks with the error), the streak grows, else it restarts. From `patience` evaluations
-    in a row on, every evaluation warns with the figures. Seed 004: threshold 0.3 (57 px)
-    "treats a 20 px error as close enough"; errors stuck at 7-30 px until it was cut to 0.1.
+    shrinks with the error), the streak grows, else it restarts. At `patience` evaluations in
+    a row it warns once, with the figures; only a new streak warns again. Seed 004: threshold
+    0.3 (57 px) "treats a 20 px error as close enough"; errors stuck at 7-30 px until it was cut
+    to 0.1.
     Under an ambiguous target (two candidate objects) the quadratic zone's minimiser is
     their average, off both objects, so the share stays high while val loss keeps falling.
     """
@@ -243,13 +244,13 @@ class LenientThreshold(Guard):
         if math.isnan(share):
             return None
         self._streak = self._streak + 1 if share > self.max_share else 0
-        if self._streak < self.patience:
+        if self._streak != self.patience:
             return None
         miss_px, threshold_px = self.soft_zone_px
         return GuardEvent(
             self.name,
             "warn",
-            f"distance threshold too lenient: for {self._streak} evaluations in a row "
+            f"distance threshold too lenient: for {self.patience} evaluations in a row "
             f"{share:.0%} of the validation pointing errors (limit {self.max_share:.0%}) "
             f"missed the object (> {miss_px:.0f} px) but stayed inside the loss's quadratic "
             f"zone (< {threshold_px:.0f} px), where the gradient fades with the error (median "
