@@ -23,10 +23,11 @@ class OverfittingGuard(Guard):
 
     Seed 004 trained 45 epochs past its best (val loss 0.606 at epoch 10, 1.509 at epoch 55,
     train loss 0.10) with nothing to say so. From `start_epoch` on, with `best` the lowest
-    validation `metric` so far and `train_at_best` the training loss of that evaluation, an
+    validation `metric` so far, `train_at_best` the training loss of that evaluation and
+    `lowest_train` the lowest training loss since then (that evaluation included), an
     evaluation counts when
 
-        metric > best + rise * |best|   and   train_loss < (1 - train_drop) * train_at_best;
+        metric > best + rise * |best|   and   lowest_train < (1 - train_drop) * train_at_best;
 
     any other evaluation resets the count. At `patience` counted evaluations in a row the guard
     warns once (per stretch), with the figures and the best epoch, whose checkpoint is the one
@@ -36,7 +37,10 @@ class OverfittingGuard(Guard):
       metric: The validation loss watched (unprefixed name), "loss" by default.
       rise: Relative margin above the best.
       train_drop: How far (relative) the training loss must have fallen below its value at the
-        best evaluation: a training loss that only wobbles is noise, not memorisation.
+        best evaluation, at some evaluation since: a training loss that only wobbles is noise,
+        not memorisation. The lowest since, not the current one: an epoch's training loss
+        swings with the few rare examples it holds (the pointer's done term at 3% positives
+        and pos_weight 32 moves it 2x between epochs) while the model goes on memorising.
       patience: Counted evaluations in a row before the warning.
       start_epoch: Earlier evaluations are ignored (no best is recorded from them).
     """
@@ -61,6 +65,7 @@ class OverfittingGuard(Guard):
         self.patience = check_count(owner, "patience", patience, 1)
         self.start_epoch = check_count(owner, "start_epoch", start_epoch, 0)
         self._best: tuple[int, float, float] | None = None  # (epoch, metric, train_loss)
+        self._lowest_train = math.inf  # Since the best evaluation.
         self._count = 0
         self._warned = False
 
@@ -72,9 +77,11 @@ class OverfittingGuard(Guard):
         if not (math.isfinite(value) and math.isfinite(train)):
             return None
         if self._best is None or value < self._best[1]:
-            self._best = (epoch, value, train)
+            self._best, self._lowest_train = (epoch, value, train), train
+        self._lowest_train = min(self._lowest_train, train)
         best_epoch, best, train_at_best = self._best
-        if value > best + self.rise * abs(best) and train < (1 - self.train_drop) * train_at_best:
+        fallen = self._lowest_train < (1 - self.train_drop) * train_at_best
+        if value > best + self.rise * abs(best) and fallen:
             self._count += 1
         else:
             self._count, self._warned = 0, False
@@ -87,7 +94,8 @@ class OverfittingGuard(Guard):
             f"overfitting at epoch {epoch}: val {self.metric} {format_figure(value)} has stayed "
             f"more than {self.rise:.0%} above its best {format_figure(best)} (epoch {best_epoch}) "
             f"for {self._count} evaluations while the training loss fell from "
-            f"{format_figure(train_at_best)} to {format_figure(train)}; the epoch {best_epoch} "
+            f"{format_figure(train_at_best)} to {format_figure(self._lowest_train)} (now "
+            f"{format_figure(train)}); the epoch {best_epoch} "
             "checkpoint is the one to keep: stop there (early stopping), add data or "
             "augmentation, or shrink the model",
             epoch,
@@ -103,6 +111,7 @@ class OverfittingGuard(Guard):
         return {
             "metric": self.metric,
             "best": None if self._best is None else list(self._best),
+            "lowest_train": self._lowest_train,
             "count": self._count,
             "warned": self._warned,
         }
@@ -111,5 +120,7 @@ class OverfittingGuard(Guard):
         check_state_matches(type(self).__name__, state, metric=self.metric)
         best = state["best"]
         self._best = None if best is None else (int(best[0]), float(best[1]), float(best[2]))
+        # A checkpoint from before `lowest_train` existed: the training loss at its best.
+        self._lowest_train = float(state.get("lowest_train", math.inf if best is None else best[2]))
         self._count = int(state["count"])
         self._warned = bool(state["warned"])
