@@ -33,6 +33,16 @@ Variants (`--cfg configs/pointer.py:NAME`):
              32.4 / 26.6 vs lenient's 36.4 / 27.5; p90 94.7 / 93.7 vs 84.2 / 70.2, a wrong
              commitment costs a whole gap). On the default data (no detours) the threshold has
              no measurable effect: errors under 38 px get the same gradient under both.
+  overfit    zoo failure (seed 004's "best val_loss 0.606 at epoch 10, 1.509 by epoch 55"): the
+             seed's design, the done head on the shared encoder (`model.done_input=encoder`), 200
+             training images, 40 epochs, no early stopping, the last weights tested. The done
+             head memorises the 6 done training examples: val loss from its best 3.93 (epoch 9)
+             / 4.06 (epoch 1) to 8.4 / 9.7 at epoch 39 (3.6x / 3.2x at its worst) while the
+             training loss falls to 1.2 / 0.95; test loss 6.84 / 6.72 (seeds 0 / 1; 395 s /
+             130 s at load 5-10). Guard signal: val loss 20% above its best for 3 evaluations
+             with the training loss 10% below its value there.
+  overfit_fixed  its twin, the seed's fix: early stopping (patience 5) and the best weights
+             tested: test loss 3.94 / 4.06.
   done_unweighted  zoo failure (seed 004's first run): the default with plain BCE for the
              done term (`loss.pos_weight=1`, 32:1 imbalance left as is). Pointing learns (val px
              median 26.7 -> 4.3 / 22.2 -> 3.4 px, val loss falls every epoch, 0.608 -> 0.205 /
@@ -181,6 +191,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     else:
         raise ValueError(
             f"unknown variant {arg!r}; choose seed_loss, seed, lenient, lenient_fixed, "
-            "done_unweighted or small"
+            "overfit, overfit_fixed, done_unweighted or small"
         )
     return config
