@@ -474,8 +474,8 @@ def test_an_unknown_guard_section_names_the_task_s_sections(tmp_path):
 def test_a_task_guard_section_takes_overrides_and_the_task_checks_it(tmp_path):
     path = broken_config(tmp_path, "config.guard.gap = config_dict.ConfigDict({'ratio': 2.0})")
     assert cfg.load_config(str(path), ["guard.gap.ratio=4"]).guard.gap.ratio == 4.0
-    message = raises_config_error(cfg.load_config, str(path), ["guard.gap.ratio=1"])
-    assert message == "guard.gap.ratio must be > 1, got 1.0"
+    message = raises_config_error(cfg.load_config, str(path), ["guard.gap.ratio=0"])
+    assert message == "guard.gap.ratio must be > 0, got 0.0"
     assert "did you mean guard.gap.ratio" in raises_config_error(
         cfg.load_config, str(path), ["guard.gap.ration=4"]
     )

@@ -20,8 +20,8 @@ WEIGHTS = np.array([1.0, -2.0, 0.5, 0.0], np.float32)
 
 
 def check_config(config) -> None:
-    if "gap" in config.guard and config.guard.gap.ratio <= 1:
-        raise ConfigError(f"guard.gap.ratio must be > 1, got {config.guard.gap.ratio!r}")
+    if "gap" in config.guard and config.guard.gap.ratio <= 0:
+        raise ConfigError(f"guard.gap.ratio must be > 0, got {config.guard.gap.ratio!r}")
 
 
 def make_splits(config):
