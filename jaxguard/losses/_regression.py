@@ -99,7 +99,7 @@ def variance_penalty(pred: jax.Array, target: jax.Array) -> jax.Array:
     target batch has (numerically) zero variance there is no spread to preserve:
     the penalty is 0 with a zero gradient, never NaN. "Numerically zero" is relative to the
     target's size: `std(target) <= 1e-6 * max(|c|, s)`, `c` a target element near the
-    middle (the shift below) and `s` the spread of nine sampled targets, i.e. a spread of a
+    middle and `s` the scale of the deviations from it (see `_moments`), i.e. a spread of a
     few float32 rounding steps (at targets near 1 the rule is `var(target) <= 1e-12`).
 
     Scale: the ratio is computed at any magnitude float32 holds (tested at 1e-30 and 1e30
