@@ -121,7 +121,9 @@ def get_config() -> config_dict.ConfigDict:
     overfitting.rise = 0.2  # Above its best by this share, while train loss falls below its own
     overfitting.train_drop = 0.1  # there by at least this share.
     overfitting.patience = 3
-    overfitting.start_epoch = 1
+    # Evaluations before it are ignored (no best is recorded from them); None: early stopping's
+    # start_epoch, and at least 1 (the val loss of the first epochs swings; seed 000's too).
+    overfitting.start_epoch = config_dict.placeholder(int)
 
     loss_terms = config.guard.loss_terms = config_dict.ConfigDict()
     loss_terms.enabled = True

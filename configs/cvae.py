@@ -63,11 +63,20 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task = "cvae"
     config.seed = 0
 
-    # Data: the embedded generator (jaxguard/tasks/cvae/data.py) or a user .npz file.
+    # Data: the embedded generator (jaxguard/tasks/cvae/data.py) or a user file (docs/cvae.md).
     config.data = config_dict.ConfigDict()
-    config.data.source = ""  # "": embedded generator; else a .npz with x [N,H,W], y [N,h,w,C].
-    config.data.val_fraction = 0.1  # .npz only: share of samples in val (before the test block).
-    config.data.test_fraction = 0.2  # .npz only: share of samples in test (the last ones).
+    # "": embedded generator; else a .npz with x [N,H,W], y [N,h,w,C], a netCDF .nc file or a
+    # .zarr store (xarray; pip install 'jaxguard[io]').
+    config.data.source = ""
+    config.data.val_fraction = 0.1  # User data: share of samples in val (before the test block).
+    config.data.test_fraction = 0.2  # User data: share of samples in test (the last ones).
+    # netCDF/zarr names: precipitation (mm/day) with dims (time_dim, *fine_dims); predictors with
+    # dims (time_dim, *coarse_dims) or one more dim last (several channels), in this order.
+    config.data.field_var = "x"
+    config.data.predictor_vars = ("y",)
+    config.data.time_dim = "time"
+    config.data.fine_dims = ("lat", "lon")
+    config.data.coarse_dims = ("lat_coarse", "lon_coarse")
     config.data.num_train = 2000  # Embedded only, like the five keys below.
     config.data.num_val = 500
     config.data.num_test = 2000  # Large, so the test split holds 26 heavy days.

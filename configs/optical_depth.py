@@ -40,8 +40,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task = "optical_depth"
     config.seed = 0
 
-    # Data: the project's own generator (jaxguard/tasks/optical_depth/data.py).
+    # Data: the project's own generator (jaxguard/tasks/optical_depth/data.py) or user sequences.
     config.data = config_dict.ConfigDict()
+    # "": the generator; else a .npz file or .zarr store with frames [N, T, H, W] and targets [N]
+    # (docs/optical_depth.md); T must equal data.frames. The generator's keys below are then unused.
+    config.data.source = ""
+    config.data.val_fraction = 0.15  # User data: share of sequences in val (before the test block).
+    config.data.test_fraction = 0.15  # User data: share of sequences in test (the last ones).
     config.data.num_train = 2000
     config.data.num_val = 400
     config.data.num_test = 144  # As in the seed's test split.

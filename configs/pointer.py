@@ -13,7 +13,8 @@ the longer image side) or pixels per `loss.threshold_units`, and the run prints
 both at start.
 
 Task guards: `guard.head_gradient_band` (first-epoch gradient norms of the x, y and done
-heads) and `guard.done_never_predicted` (warns when no done example gets p > 0.5).
+heads), `guard.done_never_predicted` (warns when no done example gets p > 0.5) and
+`guard.lenient_threshold` (warns when most misses sit inside the loss's quadratic zone).
 
 Variants (`--cfg configs/pointer.py:NAME`):
   seed_loss  the seed's discontinuous L1 hinge (`loss.spatial=seed_hinge`) instead of
@@ -81,6 +82,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.model.mark_sigma = 1.0  # Marking dots' std in cells.
     config.model.attention_scale = 100.0  # Multiplies the attention logits (zero-initialised).
     config.model.head_init_std = 0.01
+    config.model.done_input = "detector"  # detector | encoder (the seed's; memorises done)
 
     # Loss: spatial hinge on pointing steps + done_weight * weighted BCE.
     config.loss = config_dict.ConfigDict()
@@ -116,6 +118,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     done = config.guard.done_never_predicted = config_dict.ConfigDict()
     done.enabled = True
     done.patience = 3  # Evaluations without a done prediction before warning.
+    lenient = config.guard.lenient_threshold = config_dict.ConfigDict()
+    lenient.enabled = True
+    # A pointing error above miss_px misses the object (None: 2 * data.object_radius, set it
+    # for user data); a soft miss is one still inside the loss threshold.
+    lenient.miss_px = config_dict.placeholder(float)
+    lenient.max_share = 0.35  # Warn above this share of soft misses...
+    lenient.patience = 3  # ...for this many evaluations in a row.
 
     config.log.every_steps = 10
     config.log.diagnostics_every_steps = 100
@@ -139,6 +148,17 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.data.num_test = 200
         config.train.epochs = 18
         config.loss.threshold = 0.3 if arg == "lenient" else 0.1
+    elif arg in ("overfit", "overfit_fixed"):
+        # The seed's design: the done head on the shared encoder, a small training set and,
+        # in the failure, no early stopping (the seed's 55 epochs past the best at 10).
+        config.model.done_input = "encoder"
+        config.data.num_train = 200
+        config.data.num_val = 200
+        config.data.num_test = 200
+        config.train.epochs = 40
+        if arg == "overfit":
+            config.guard.early_stopping.enabled = False
+            config.guard.best.enabled = False
     elif arg == "done_unweighted":
         config.loss.pos_weight = "1"
     elif arg == "small":

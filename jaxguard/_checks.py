@@ -1,7 +1,8 @@
-"""Argument checks shared by losses and metrics.
+"""Argument checks shared by losses and metrics, and the value range of user input arrays.
 
 Every check runs at trace time on static shapes and dtypes, so it costs nothing
-inside a compiled step. Failures raise with a message that names the function
+inside a compiled step (`input_value_problem` runs on NumPy arrays, once, when data are
+read). Failures raise with a message that names the function
 and the argument, e.g. ``variance_penalty: `pred` has shape (3,) but `target`
 has shape (4,); they must be equal``.
 """
@@ -126,3 +127,41 @@ def check_ensemble(
             f"{fn}: `ensemble` has shape {shape}, so each member is {member_shape}, but "
             f"`target` has shape {np.shape(target)}; they must be equal (no broadcasting)."
         )
+
+
+# Inputs read from user files are used unnormalised by some tasks (the cVAE's precipitation,
+# the optical-depth targets) and are squared in losses and variances; summed over up to ~1e8
+# entries those squares stay below float32's maximum (3.4e38) only for |value| <= ~1.8e15.
+MAX_INPUT_MAGNITUDE = 1e15
+
+
+def _first_index(bad: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def input_value_problem(name: str, values: np.ndarray) -> str | None:
+    """What is wrong with the values of a user array, in a few words, or None if nothing.
+
+    Args:
+      name: the array's name as the user knows it (e.g. `array 'x'`).
+      values: a real numeric NumPy array of any shape.
+
+    Returns:
+      `"{name} holds K NaN or infinite values (first at index (i, j, ...))"`, the same for
+      values beyond `+-MAX_INPUT_MAGNITUDE`, or None when every value is finite and in range.
+    """
+    nonfinite = ~np.isfinite(values)
+    if nonfinite.any():
+        return (
+            f"{name} holds {int(nonfinite.sum())} NaN or infinite values (first at index "
+            f"{_first_index(nonfinite)})"
+        )
+    huge = np.abs(values) > MAX_INPUT_MAGNITUDE
+    if huge.any():
+        index = _first_index(huge)
+        return (
+            f"{name} holds {int(huge.sum())} values beyond ±{MAX_INPUT_MAGNITUDE:g} (first at "
+            f"index {index}: {float(values[index]):g}); inputs must stay within that range so "
+            "that their squares sum to a finite float32"
+        )
+    return None

@@ -530,7 +530,6 @@ def validate(config: config_dict.ConfigDict) -> None:
         ("guard.disagreement.patience", guard.disagreement.patience, 1),
         ("guard.disagreement.start_epoch", guard.disagreement.start_epoch, 0),
         ("guard.overfitting.patience", guard.overfitting.patience, 1),
-        ("guard.overfitting.start_epoch", guard.overfitting.start_epoch, 0),
         ("guard.overfitting.train_drop", guard.overfitting.train_drop, 0),
         ("guard.loss_terms.patience", guard.loss_terms.patience, 1),
         ("log.every_steps", log.every_steps, 1),
@@ -555,10 +554,11 @@ def validate(config: config_dict.ConfigDict) -> None:
         f"optim.warmup_epochs ({optim.warmup_epochs!r}) must be < train.epochs "
         f"({train.epochs!r}), else the warm-up never finishes",
     )
-    _require(
-        guard.volatility.start_epoch is None or guard.volatility.start_epoch >= 0,
-        f"guard.volatility.start_epoch must be >= 0 or None, got {guard.volatility.start_epoch!r}",
-    )
+    for key, value in (
+        ("guard.volatility.start_epoch", guard.volatility.start_epoch),
+        ("guard.overfitting.start_epoch", guard.overfitting.start_epoch),
+    ):
+        _require(value is None or value >= 0, f"{key} must be >= 0 or None, got {value!r}")
     for key, value in (
         ("guard.volatility.max_jump", guard.volatility.max_jump),
         ("guard.overfitting.rise", guard.overfitting.rise),

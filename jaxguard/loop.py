@@ -151,7 +151,10 @@ class Run:
     epoch: int = 0
     pretrain: dict | None = None
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    train_losses: list[float] = dataclasses.field(default_factory=list)  # This epoch's, logged.
+    # This epoch's training loss so far: the sum over its steps (a device scalar, read once at
+    # the epoch's end, so no step waits for the host) and the number of steps summed.
+    train_loss_sum: Any = 0.0
+    train_loss_steps: int = 0
     stopped_by: GuardEvent | None = None
     interrupt: Interrupt = dataclasses.field(default_factory=Interrupt)
     saved_step: int = -1  # Step of the last checkpoint written or restored.
@@ -188,8 +191,9 @@ def periodic_actions(config: ConfigDict, diag_batch) -> tuple[PeriodicAction, ..
     )
 
 
-def train_epoch(run: Run, epoch: int) -> list[float]:
-    """One epoch of train steps with the periodic actions; returns the losses logged.
+def train_epoch(run: Run, epoch: int) -> float:
+    """One epoch of train steps with the periodic actions; returns the epoch's training loss,
+    the mean over all its steps (NaN with none).
 
     A resumed run skips the steps its mid-epoch checkpoint already trained. At a signal
     (`run.interrupt`), the epoch stops after the current step: unless it was the epoch's
@@ -197,7 +201,7 @@ def train_epoch(run: Run, epoch: int) -> list[float]:
     """
     done = run.resume_steps if epoch == run.start_epoch else 0
     if not done:
-        run.train_losses = []
+        run.train_loss_sum, run.train_loss_steps = 0.0, 0
     batches = iterate_batches(
         run.splits["train"],
         run.config.train.batch_size,
@@ -208,6 +212,8 @@ def train_epoch(run: Run, epoch: int) -> list[float]:
     for index, batch in itertools.islice(enumerate(batches), done, steps):
         sharded = run.shard(batch)
         run.state, measurements = run.train_step(run.state, sharded)
+        run.train_loss_sum = run.train_loss_sum + measurements["loss"]
+        run.train_loss_steps += 1
         step = int(run.state.step)
         for action in run.actions:
             if action.should_trigger(step, index == steps - 1):
@@ -216,7 +222,9 @@ def train_epoch(run: Run, epoch: int) -> list[float]:
         if run.interrupt.signum is not None and index < steps - 1:
             save_checkpoint(run, epoch, False, in_epoch={"steps": index + 1})
             raise_interrupted(run)
-    return run.train_losses
+    if not run.train_loss_steps:
+        return math.nan
+    return float(run.train_loss_sum) / run.train_loss_steps
 
 
 def raise_interrupted(run: Run) -> None:
@@ -245,12 +253,13 @@ def log_train_scalars(run: Run, epoch: int, index: int, measurements, batch) -> 
     del batch
     step = int(run.state.step)
     scalars = {key: float(value) for key, value in measurements.items()}
-    run.train_losses.append(scalars["loss"])
     run.writer.write_scalars(step, {f"train/{key}": value for key, value in scalars.items()})
     stop = report_events(run, run.guards.on_step(StepInfo(step, epoch, scalars)), step)
     if stop is not None:
         raise RunStopped(stop)
-    run.console.progress(epoch, index + 1, run.steps_per_epoch, scalars["loss"])
+    run.console.progress(
+        epoch, index + 1, run.steps_per_epoch, scalars["loss"], epochs=run.config.train.epochs
+    )
 
 
 def write_diagnostics(run: Run, epoch: int, val_batch, train_batch) -> None:
@@ -307,9 +316,10 @@ def evaluate_epoch(run: Run):
     return val, outputs, batches
 
 
-def consult_guards(run: Run, epoch: int, val: dict, train_losses: list[float]):
-    """Evaluation guards, best checkpoint, history and logs; returns `(is_best, stop event)`."""
-    train_loss = float(np.mean(train_losses)) if train_losses else math.nan
+def consult_guards(run: Run, epoch: int, val: dict, train_loss: float):
+    """Evaluation guards, best checkpoint, history and logs; returns `(is_best, stop event)`.
+
+    `train_loss` is the epoch's mean training loss over all its steps."""
     metrics = {**val, "train_loss": train_loss}
     events = run.guards.on_evaluation(Evaluation(epoch, metrics))
     stop = report_events(run, events, int(run.state.step))
@@ -357,14 +367,18 @@ def save_checkpoint(
     """Saves `latest/` (and then `best/` when `is_best`) with the host-side state as meta.
 
     `in_epoch` (`{"steps": k}`) marks a mid-epoch save after k steps of `epoch`, with the
-    epoch's logged losses; `stop` records the guard that ended the run, so that resuming
+    epoch's training-loss sum so far; `stop` records the guard that ended the run, so that resuming
     a stopped run finishes it instead of training on. `latest/` goes first: a crash
     between the two saves is repaired on resume (`trainer.repair_best`).
     """
     meta = {"epoch": epoch, "history": run.history, "guards": run.guards.state_dict()}
     meta["best"] = run.best.state_dict() if run.best is not None else None
     if in_epoch is not None:
-        meta["in_epoch"] = {**in_epoch, "train_losses": run.train_losses}
+        meta["in_epoch"] = {
+            **in_epoch,
+            "train_loss_sum": float(run.train_loss_sum),
+            "train_loss_steps": run.train_loss_steps,
+        }
     if stop is not None:
         meta["stopped_by"] = dataclasses.asdict(stop)
     step = int(run.state.step)

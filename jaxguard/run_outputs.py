@@ -2,11 +2,13 @@
 
 `log.csv` rows are appended per epoch by `writers.CsvWriter`; this module trims them on resume,
 writes the end-of-run files (`test_metrics.json`, `predictions.csv`, `report.txt`), the collapse
-dump, and the report lines every task shares.
+dump, the report lines every task shares, the learning-curve figure every run gets (from
+`log.csv` and `guard_events.jsonl`) and the metrics the HParams dashboard ranks runs by.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -14,8 +16,10 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from jaxguard.guards import GuardEvent, collapse_diagnostics
+from jaxguard import figures
+from jaxguard.guards import GuardEvent, MonitorExpression, collapse_diagnostics
 from jaxguard.tasks.contract import RunSummary
 
 
@@ -167,3 +171,67 @@ def write_outputs(
     )
     with open(os.path.join(workdir, "report.txt"), "w") as f:
         f.write("\n".join(report) + "\n")
+
+
+def read_log(workdir: str) -> list[dict[str, float]]:
+    """The rows of `log.csv` as floats (NaN for an empty cell); [] without the file."""
+    path = os.path.join(workdir, "log.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{key: figures.as_float(value) for key, value in row.items() if key} for row in rows]
+
+
+def monitor_values(rows: list[dict[str, float]], monitor: str) -> np.ndarray:
+    """`[len(rows)]` values of a monitor expression on each `log.csv` row (NaN where unreadable).
+
+    The expression reads unprefixed validation metrics and `train_loss`, as the guards do.
+    """
+    expression = MonitorExpression(monitor)
+    values = []
+    for row in rows:
+        metrics = {key.removeprefix("val_"): value for key, value in row.items()}
+        try:
+            values.append(expression.evaluate(metrics))
+        except KeyError:
+            values.append(math.nan)
+    return np.asarray(values, np.float64)
+
+
+def learning_curve_figure(summary: RunSummary) -> Figure:
+    """Train and validation loss, the monitored metric and the guard events of a run, per epoch.
+
+    Read from `log.csv` and `guard_events.jsonl` in `summary.workdir`; validation columns
+    ending in `loss` (a task's own loss terms, e.g. the cVAE's `val_rec_loss`) are drawn too.
+    """
+    rows = read_log(summary.workdir)
+    terms = sorted(
+        key.removeprefix("val_")
+        for key in (rows[0] if rows else {})
+        if key.startswith("val_") and key.endswith("loss") and key != "val_loss"
+    )
+    monitor = summary.best_monitor
+    return figures.learning_curves(
+        rows,
+        read_events(summary.workdir),
+        steps_per_epoch=summary.steps_per_epoch,
+        monitor=monitor,
+        monitor_values=monitor_values(rows, monitor) if monitor else None,
+        loss_terms=terms,
+        title=f"{summary.task}: learning curves (best epoch {summary.best_epoch})",
+    )
+
+
+def hparam_metrics(summary: RunSummary) -> dict[str, float]:
+    """What the HParams dashboard ranks runs by: best-epoch validation and test metrics.
+
+    Returns:
+      `best/val_<metric>` (the history record of `summary.best_epoch`), `test/<metric>` (the
+      numeric test metrics) and `param_count`.
+    """
+    best = next((r for r in summary.history if r.get("epoch") == summary.best_epoch), {})
+    metrics = {f"best/{key}": float(v) for key, v in best.items() if key.startswith("val_")}
+    metrics.update({f"test/{key}": v for key, v in numbers_only(summary.test).items()})
+    metrics["param_count"] = float(summary.param_count)
+    return metrics

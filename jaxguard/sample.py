@@ -3,13 +3,18 @@
     python -m jaxguard.sample --run runs/cvae-20250101-120000 --n 8
     python -m jaxguard.sample --run RUN_DIR --n 16 --indices 3,17,250 --split val
     python -m jaxguard.sample --run RUN_DIR --predictors my_days.npz --out my_samples
+    python -m jaxguard.sample --run RUN_DIR --n 16 --format netcdf
 
 The run's best checkpoint (else its latest) is restored with the data the run was
 trained on. For each chosen predictor set, `--n` latent draws from the prior
 `p(z | y)` are decoded into fine fields. Written to `--out` (default
 `RUN_DIR/samples`): `ensemble.npz` (`samples` `[K, n, H, W]` in mm/day, `y`, `indices`,
 `threshold` and the truth `x` when known) and `panel.png` (one row per predictor
-set: the predictor channels, the truth, the samples; extreme pixels red).
+set: the predictor channels, the truth, the samples; extreme pixels red). With `--format
+netcdf` also `ensemble.nc` (`write_netcdf`): the members, the prior-mean field, the
+predictors and the truth on the coordinates of the run's data (its dates and grid axes
+when it was trained on a netCDF or zarr source, indices otherwise); it needs the `io` extra
+(`pip install 'jaxguard[io]'`).
 
 Predictor sets come from a split of the run's data (`--split`, `--indices` or
 `--examples`, by default the run's `model.sampling.num_examples` with the heaviest
@@ -39,10 +44,11 @@ from flax import nnx
 
 from jaxguard import config as config_lib
 from jaxguard import trainer
+from jaxguard.tasks.cvae import data as data_lib
 from jaxguard.tasks.cvae import panel
 from jaxguard.tasks.cvae.metrics import CVAEMetrics
 from jaxguard.tasks.cvae.report import ensemble_lines
-from jaxguard.tasks.cvae.splits import extreme_threshold
+from jaxguard.tasks.cvae.splits import coordinates, extreme_threshold
 
 SCORE_CHUNK = 250  # Predictor sets decoded at once when scoring (bounds the memory).
 
@@ -76,7 +82,77 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--seed", type=int, help="Seed of the latent draws (default: model.sampling.seed)."
     )
     parser.add_argument("--out", metavar="DIR", help="Output folder (default RUN_DIR/samples).")
+    parser.add_argument(
+        "--format",
+        default="npz",
+        choices=("npz", "netcdf"),
+        help="netcdf: also write ensemble.nc on the data's coordinates (needs jaxguard[io]).",
+    )
     return parser.parse_args(argv)
+
+
+def write_netcdf(
+    path: str,
+    *,
+    samples: np.ndarray,
+    prior_mean: np.ndarray,
+    predictors: np.ndarray,
+    truth: np.ndarray | None,
+    time: np.ndarray,
+    coords: data_lib.Coordinates,
+    threshold: float,
+) -> str:
+    """Writes the ensemble as a netCDF4 file on the data's coordinates; returns `path`.
+
+    Args:
+      path: the `.nc` file to write (replaced if it exists).
+      samples: `[K, n, H, W]` members, in the field's units (mm/day).
+      prior_mean: `[K, H, W]` the field decoded from the prior mean.
+      predictors: `[K, h, w, C]` the predictors the members were drawn for.
+      truth: `[K, H, W]` the observed fields, or None when unknown.
+      time: `[K]` the time labels of the K predictor sets (dates for netCDF/zarr data).
+      coords: the grid axes, names and field attributes of the run's data.
+      threshold: the extreme threshold (mm/day), stored as an attribute.
+
+    Returns:
+      `path`. Variables: `samples` `(time, member, *fine)`, `prior_mean` `(time, *fine)`,
+      `predictors` `(time, *coarse, channel)` and, when known, the field's own name
+      (`data.field_var`) `(time, *fine)`.
+    """
+    names = coords.names
+    xarray = data_lib.import_xarray("--format netcdf", "h5netcdf")
+    fine, coarse = (names.time, *names.fine), (names.time, *names.coarse)
+    attrs = coords.field_attrs
+    variables = {
+        "samples": (
+            (names.time, "member", *names.fine),
+            samples,
+            {**attrs, "long_name": "ensemble members drawn from the prior p(z | y)"},
+        ),
+        "prior_mean": (
+            fine,
+            prior_mean,
+            {**attrs, "long_name": "field decoded from the prior mean"},
+        ),
+        "predictors": ((*coarse, "channel"), predictors, {"long_name": "coarse predictors"}),
+    }
+    if truth is not None:
+        variables[names.field] = (fine, truth, attrs)
+    dataset = xarray.Dataset(
+        variables,
+        coords={
+            names.time: time,
+            names.fine[0]: coords.fine[0],
+            names.fine[1]: coords.fine[1],
+            names.coarse[0]: coords.coarse[0],
+            names.coarse[1]: coords.coarse[1],
+            "member": np.arange(samples.shape[1]),
+            "channel": np.array(coords.channels, dtype=object),
+        },
+        attrs={"extreme_threshold_mm_per_day": threshold, "source": "python -m jaxguard.sample"},
+    )
+    dataset.to_netcdf(path, engine="h5netcdf")
+    return path
 
 
 def _read_predictors(path: str, model) -> tuple[np.ndarray, np.ndarray | None]:
@@ -149,13 +225,15 @@ def score_lines(samples: np.ndarray, truth: np.ndarray, prior_mean: np.ndarray, 
     )
 
 
-def main(argv: Sequence[str] | None = None) -> tuple[str, str] | list[str]:
+def main(argv: Sequence[str] | None = None) -> tuple[str, ...] | list[str]:
     args = _parse(sys.argv[1:] if argv is None else argv)
     config, model, splits = trainer.restore_model(args.run)
     if config.task != "cvae":
         raise config_lib.ConfigError(
             f"--run {args.run}: a {config.task!r} run; jaxguard.sample draws from cvae runs"
         )
+    if args.format == "netcdf":  # Before anything is drawn: the io extra must be there.
+        data_lib.import_xarray("--format netcdf", "h5netcdf")
     sampling = config.model.sampling
     num_samples = sampling.num_samples if args.n is None else args.n
     if num_samples < 1:
@@ -163,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str] | list[str]:
     if args.predictors:
         predictors, truth = _read_predictors(args.predictors, model)
         indices = np.arange(len(predictors))
+        time = indices
     elif args.all:
         split = splits[args.split]
         indices = np.arange(len(split["x"]))
@@ -171,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str] | list[str]:
         split = splits[args.split]
         indices = _split_indices(args, split, sampling)
         predictors, truth = split["y"][indices], split["x"][indices]
+        time = coordinates(config).time[args.split][indices]
 
     generate = nnx.jit(lambda model, y, noise: model.generate(y, noise))
     seed = sampling.seed if args.seed is None else args.seed
@@ -187,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str] | list[str]:
         ]
     )
     lines = []
-    if truth is not None and num_samples >= 2:
+    scored = truth is not None and num_samples >= 2
+    if scored or args.format == "netcdf":
         most_likely = nnx.jit(lambda model, y: model.generate(y))
         prior_mean = np.concatenate(
             [
@@ -195,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str] | list[str]:
                 for start in range(0, len(predictors), SCORE_CHUNK)
             ]
         )
+    if scored:
         lines = score_lines(samples, truth, prior_mean, config)
         for line in lines:
             print(line)
@@ -213,7 +295,20 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str] | list[str]:
     )
     print(f"sample panel: {png_path} ({description})")
     print(f"samples: {npz_path}")
-    return png_path, npz_path
+    if args.format == "npz":
+        return png_path, npz_path
+    netcdf_path = write_netcdf(
+        os.path.join(os.path.dirname(npz_path), "ensemble.nc"),
+        samples=samples,
+        prior_mean=prior_mean,
+        predictors=predictors,
+        truth=truth,
+        time=time,
+        coords=coordinates(config),
+        threshold=extreme_threshold(config),
+    )
+    print(f"samples (netCDF): {netcdf_path}")
+    return png_path, npz_path, netcdf_path
 
 
 if __name__ == "__main__":

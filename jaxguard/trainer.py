@@ -27,6 +27,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from jaxguard import config as config_lib
+from jaxguard import figures as figures_lib
 from jaxguard import run_outputs, tasks
 from jaxguard.batching import data_sharding, iterate_batches, place_batch, split_size
 from jaxguard.batching import steps_per_epoch as count_steps
@@ -117,9 +118,9 @@ def train_epochs(run: Run, on_epoch_end: Callable[[int], None] | None) -> None:
         if run.interrupt.signum is not None:
             raise_interrupted(run)
         run.epoch = epoch
-        train_losses = train_epoch(run, epoch)
+        train_loss = train_epoch(run, epoch)
         val, val_outputs, val_batches = evaluate_epoch(run)
-        is_best, stop = consult_guards(run, epoch, val, train_losses)
+        is_best, stop = consult_guards(run, epoch, val, train_loss)
         save_checkpoint(run, epoch, is_best, stop=stop)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -364,8 +365,6 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
             )
         ]
     )
-    if not resume:
-        run.writer.write_hparams(config_lib.flatten(config), {"param_count": param_count})
     return run
 
 
@@ -382,7 +381,10 @@ def restore(run: Run) -> None:
     run.epoch = meta["epoch"]
     run.start_epoch = meta["epoch"] + (0 if in_epoch else 1)
     run.resume_steps = in_epoch["steps"] if in_epoch else 0
-    run.train_losses = list(in_epoch["train_losses"]) if in_epoch else []
+    if in_epoch:
+        # float32, as the device sum it was read from: the resumed epoch sums the same way.
+        run.train_loss_sum = np.float32(in_epoch["train_loss_sum"])
+        run.train_loss_steps = int(in_epoch["train_loss_steps"])
     run.history = meta["history"]
     if meta.get("stopped_by"):
         run.stopped_by = GuardEvent(**meta["stopped_by"])
@@ -486,6 +488,13 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
     if task.export is not None:
         predict = make_predict(run.graphdef, state, task)
         export_lines = task.export(config, run.workdir, predict, run.splits)
+    step = int(state.step)
+    figures = {"learning_curves": run_outputs.learning_curve_figure(summary)}
+    if task.figures is not None:
+        figures |= task.figures(config, run.splits, summary, test_outputs, test_batches)
+    figures_lib.write_figures(run.workdir, figures, run.writer, step)
+    figure_dir = os.path.join(run.workdir, figures_lib.FIGURE_DIR)
+    export_lines.append(f"figures: {figure_dir}/ ({', '.join(figures)})")
     report = task.report_lines(config, run.splits, summary)
     report += run_outputs.shared_report_lines(summary) + notes + export_lines
     table = task.prediction_table(test_outputs, test_batches)
@@ -494,7 +503,8 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
     for line in export_lines:
         run.console.line(line)
     test_scalars = run_outputs.numbers_only(summary.test)
-    run.writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in test_scalars.items()})
+    run.writer.write_scalars(step, {f"test/{k}": v for k, v in test_scalars.items()})
+    run.writer.write_hparams(config_lib.flatten(config), run_outputs.hparam_metrics(summary))
     run.writer.close()
     run.checkpoints.close()
     report_path = os.path.join(run.workdir, "report.txt")

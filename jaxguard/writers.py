@@ -2,29 +2,37 @@
 
 The writers share the CLU-style interface `write_scalars(step, scalars)`,
 `write_histograms(step, arrays)`, `write_hparams(hparams)`, `flush()`, `close()`;
-`MultiWriter` fans out to several. Scalars are host floats; a NaN is written
-as NaN (it is information, not an error).
+`MultiWriter` fans out to several. Scalars are host floats; the CSV keeps a NaN as NaN (it
+is information, not an error), while TensorBoard gets only finite values (its charts cannot
+draw a NaN, and tensorboardX warns on the console for each one).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 import numpy as np
+from PIL import Image
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
+from tensorboardX.summary import hparams as hparams_summaries
 
-from jaxguard.png import encode_png
+IMAGE_CHANNELS = (1, 3, 4)  # Grey, RGB, RGBA.
 
 
 class TensorBoardWriter:
-    """Scalars, histograms and hyper-parameters as tensorboardX event files in `logdir`."""
+    """Scalars, histograms, images and hyper-parameters as tensorboardX event files in `logdir`.
+
+    Everything goes into the one event file of `logdir`, hyper-parameters included, so one
+    training run is one TensorBoard run. Non-finite scalars and histogram values are skipped.
+    """
 
     def __init__(self, logdir: str, *, histogram_bins: int = 20, purge_step: int | None = None):
         # purge_step: a resumed run hides the events written after its checkpoint.
@@ -33,7 +41,8 @@ class TensorBoardWriter:
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         for key, value in scalars.items():
-            self._writer.add_scalar(key, float(value), global_step=step)
+            if math.isfinite(float(value)):
+                self._writer.add_scalar(key, float(value), global_step=step)
 
     def write_histograms(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
         for key, values in arrays.items():
@@ -43,10 +52,15 @@ class TensorBoardWriter:
                 self._writer.add_histogram(key, finite, global_step=step, bins=self._bins)
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-        """`images[key]` is an `[H, W, C]` uint8 image, C in {1, 3, 4}."""
+        """`images[key]` is an `[H, W, C]` uint8 image, C in {1, 3, 4}, encoded as PNG by Pillow."""
         for key, image in images.items():
-            # Encoded here: tensorboardX's add_image needs PIL, which jaxguard does not depend on.
-            height, width, channels = np.shape(image)
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[-1] not in IMAGE_CHANNELS or image.dtype != np.uint8:
+                raise ValueError(
+                    f"write_images: image {key!r} must be [H, W, C] uint8 with C in 1, 3, 4; got "
+                    f"shape {image.shape} {image.dtype}"
+                )
+            height, width, channels = image.shape
             encoded = Summary.Image(
                 height=height,
                 width=width,
@@ -57,10 +71,19 @@ class TensorBoardWriter:
             self._writer._get_file_writer().add_summary(summary, global_step=step)
 
     def write_hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, float]) -> None:
-        plain = {
-            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()
-        }
-        self._writer.add_hparams(plain, {f"hparam/{k}": float(v) for k, v in metrics.items()})
+        """The HParams dashboard's record of this run: `hparams` and `metrics` as `hparam/<key>`.
+
+        Written into this run's own event file (tensorboardX's `add_hparams` would open a
+        sub-folder, showing each training run as two). Non-scalar and non-finite hparams are
+        stringified; non-finite metrics are left out (the dashboard shows them as missing).
+        """
+        plain = {k: v if is_plain(v) else str(v) for k, v in hparams.items()}
+        finite = {f"hparam/{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        file_writer = self._writer._get_file_writer()
+        for summary in hparams_summaries(plain, finite):
+            file_writer.add_summary(summary)
+        for tag, value in finite.items():
+            self._writer.add_scalar(tag, value)
 
     def flush(self) -> None:
         self._name_failures(self._writer.flush)
@@ -75,6 +98,20 @@ class TensorBoardWriter:
         except OSError as error:
             error.filename = error.filename or self._writer.logdir
             raise
+
+
+def is_plain(value: object) -> bool:
+    """A value the HParams dashboard takes as is: a string, bool, int or finite float."""
+    return isinstance(value, str | bool | int) or (
+        isinstance(value, float) and math.isfinite(value)
+    )
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an `[H, W, C]` uint8 image, C in {1, 3, 4} (grey, RGB, RGBA)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class CsvWriter:
@@ -155,28 +192,89 @@ def format_value(value: float) -> str:
     return f"{value:.4g}"
 
 
+def format_duration(seconds: float) -> str:
+    """`m:ss`, or `h:mm:ss` from an hour on; `--` when unknown (NaN or infinite)."""
+    if not math.isfinite(seconds):
+        return "--"
+    minutes, secs = divmod(round(max(seconds, 0.0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class Console:
-    """Progress bar and one line per epoch on a text stream (stderr by default).
+    """Progress bar with ETAs and one line per epoch on a text stream (stderr by default).
 
     The bar redraws in place only on a terminal; elsewhere (CI, a log file) the
     per-epoch lines alone are printed, so logs stay readable.
+
+    ETAs: the epoch's from the time per step measured since the bar's first draw in this
+    epoch; the run's adds the remaining epochs at the wall time of the last whole epoch
+    (evaluation and checkpoints included), or at the time per step before one has ended.
     """
 
-    def __init__(self, stream: TextIO | None = None, *, progress: bool = True, width: int = 30):
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        progress: bool = True,
+        width: int = 30,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._stream = stream or sys.stderr
         self._progress = progress and self._stream.isatty()
         self._width = width
-        self._start = time.monotonic()
+        self._clock = clock
+        self._start = clock()
+        self._epoch: int | None = None
+        self._epoch_mark = (0.0, 0)  # (time, steps done) at the first draw of this epoch.
+        self._epoch_seconds = math.nan  # Wall time of the last whole epoch.
 
-    def progress(self, epoch: int, step_in_epoch: int, steps_per_epoch: int, loss: float) -> None:
+    def progress(
+        self,
+        epoch: int,
+        step_in_epoch: int,
+        steps_per_epoch: int,
+        loss: float,
+        *,
+        epochs: int | None = None,
+    ) -> None:
+        """Redraws the bar after `step_in_epoch` of `steps_per_epoch` steps of `epoch` (0-based).
+
+        `epochs` is the run's epoch budget; without it only the epoch's ETA is shown.
+        """
         if not self._progress:
             return
+        epoch_eta, run_eta = self.etas(epoch, step_in_epoch, steps_per_epoch, epochs)
         done = int(self._width * step_in_epoch / max(steps_per_epoch, 1))
         bar = "#" * done + "." * (self._width - done)
+        label = f"epoch {epoch}" + (f"/{epochs}" if epochs else "")
+        eta = f"ETA epoch {format_duration(epoch_eta)}"
+        if epochs:
+            eta += f", run {format_duration(run_eta)}"
         self._stream.write(
-            f"\repoch {epoch} [{bar}] {step_in_epoch}/{steps_per_epoch} loss {format_value(loss)}"
+            f"\r{label} [{bar}] {step_in_epoch}/{steps_per_epoch} loss {format_value(loss)} | {eta}"
         )
         self._stream.flush()
+
+    def etas(
+        self, epoch: int, step_in_epoch: int, steps_per_epoch: int, epochs: int | None
+    ) -> tuple[float, float]:
+        """`(epoch seconds left, run seconds left)`, NaN until a step has been timed."""
+        now = self._clock()
+        if epoch != self._epoch:
+            if self._epoch is not None and epoch == self._epoch + 1:
+                self._epoch_seconds = now - self._epoch_mark[0]
+            self._epoch = epoch
+            self._epoch_mark = (now, step_in_epoch)
+        mark_time, mark_steps = self._epoch_mark
+        timed = step_in_epoch - mark_steps
+        per_step = (now - mark_time) / timed if timed > 0 else math.nan
+        epoch_left = per_step * (steps_per_epoch - step_in_epoch)
+        later = 0 if epochs is None else max(epochs - epoch - 1, 0)
+        per_epoch = self._epoch_seconds
+        if not math.isfinite(per_epoch):  # No whole epoch timed yet: steps alone.
+            per_epoch = per_step * steps_per_epoch
+        return epoch_left, epoch_left + (later * per_epoch if later else 0.0)
 
     def line(self, text: str) -> None:
         if self._progress:
@@ -185,4 +283,4 @@ class Console:
         self._stream.flush()
 
     def elapsed(self) -> float:
-        return time.monotonic() - self._start
+        return self._clock() - self._start

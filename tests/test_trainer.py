@@ -1,11 +1,13 @@
 """The harness's stages one at a time, on the toy task of docs/adding_a_task.md."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
 import signal
 
+import numpy as np
 import pytest
 import toy_task
 
@@ -107,13 +109,25 @@ def test_make_guards_names_the_guard_whose_metric_the_task_lacks(toy_config):
 
 def test_one_epoch_stage_by_stage(toy_config, tmp_path):
     run, stream = start(toy_config, tmp_path / "run")
-    losses = loop.train_epoch(run, 0)
-    # 8 steps per epoch, logged every 20 steps and at the epoch's last step: one loss.
-    assert run.steps_per_epoch == 8 and int(run.state.step) == 8 and len(losses) == 1
+    # Log every step's scalars, to compare the epoch's training loss with all 8 of them (the
+    # config logs every 20 steps and at the epoch's last: the epoch loss must not be that one).
+    run.actions = (dataclasses.replace(run.actions[0], every_steps=1), *run.actions[1:])
+    logged = []
+    write_scalars = run.writer.write_scalars
+
+    def spy(step, scalars):
+        logged.extend(v for k, v in scalars.items() if k == "train/loss")
+        write_scalars(step, scalars)
+
+    run.writer.write_scalars = spy
+    train_loss = loop.train_epoch(run, 0)
+    assert run.steps_per_epoch == 8 and int(run.state.step) == 8 and len(logged) == 8
+    assert train_loss == pytest.approx(np.mean(logged), rel=1e-6)
+    assert train_loss != pytest.approx(logged[-1], rel=1e-3)
     val, outputs, batches = loop.evaluate_epoch(run)
     assert outputs["pred"].shape == (64,) and batches["x"].shape == (64, 4)
     assert float(run.state.plateau_value) == pytest.approx(val["loss"])
-    is_best, stop = loop.consult_guards(run, 0, val, losses)
+    is_best, stop = loop.consult_guards(run, 0, val, train_loss)
     assert is_best and stop is None and run.best.best_epoch == 0
     assert run.history[0]["val_r2"] == pytest.approx(val["r2"])
     assert stream.getvalue().splitlines()[-1].startswith("epoch 0 | loss ")

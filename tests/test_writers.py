@@ -9,10 +9,17 @@ import struct
 
 import numpy as np
 import pytest
+from PIL import Image
 from tensorboardX.proto import event_pb2, plugin_hparams_pb2
 
-from jaxguard.png import encode_png
-from jaxguard.writers import Console, CsvWriter, MultiWriter, TensorBoardWriter, format_value
+from jaxguard.writers import (
+    Console,
+    CsvWriter,
+    MultiWriter,
+    TensorBoardWriter,
+    format_duration,
+    format_value,
+)
 
 
 def _rows(path):
@@ -105,15 +112,14 @@ def _values(events):
     return [(e.step, v.tag, v) for e in events if e.HasField("summary") for v in e.summary.value]
 
 
-def test_tensorboard_scalars_at_their_steps(tmp_path):
+def test_tensorboard_scalars_at_their_steps_without_the_non_finite_ones(tmp_path, caplog):
     writer = TensorBoardWriter(str(tmp_path))
     writer.write_scalars(20, {"loss": 0.5, "lr": np.float32(0.25)})
-    writer.write_scalars(40, {"loss": float("nan")})
+    writer.write_scalars(40, {"loss": float("nan"), "r2": np.float32(np.inf), "mae": 0.75})
     writer.close()
     scalars = [(step, tag, v.simple_value) for step, tag, v in _values(_events(tmp_path))]
-    assert scalars[:2] == [(20, "loss", 0.5), (20, "lr", 0.25)]
-    assert scalars[2][:2] == (40, "loss") and math.isnan(scalars[2][2])
-    assert len(scalars) == 3
+    assert scalars == [(20, "loss", 0.5), (20, "lr", 0.25), (40, "mae", 0.75)]
+    assert "NaN or Inf" not in caplog.text  # tensorboardX's console warning never fires.
 
 
 def test_tensorboard_histograms_of_the_finite_values_only(tmp_path):
@@ -129,23 +135,45 @@ def test_tensorboard_histograms_of_the_finite_values_only(tmp_path):
     assert sum(histo.bucket) == 3
 
 
-def test_tensorboard_images_hold_the_png_bytes(tmp_path, rng):
-    image = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+@pytest.mark.parametrize("channels, mode", [(1, "L"), (3, "RGB"), (4, "RGBA")])
+def test_tensorboard_images_decode_with_pillow_to_the_pixels_written(tmp_path, rng, channels, mode):
+    image = rng.integers(0, 256, (4, 6, channels), dtype=np.uint8)
     writer = TensorBoardWriter(str(tmp_path))
     writer.write_images(9, {"example": image})
     writer.close()
     [(step, tag, value)] = _values(_events(tmp_path))
     assert (step, tag) == (9, "example")
-    assert (value.image.height, value.image.width, value.image.colorspace) == (4, 6, 3)
-    assert value.image.encoded_image_string == encode_png(image)  # tests/test_png.py decodes it.
+    assert (value.image.height, value.image.width, value.image.colorspace) == (4, 6, channels)
+    decoded = Image.open(io.BytesIO(value.image.encoded_image_string))
+    assert (decoded.format, decoded.mode) == ("PNG", mode)
+    np.testing.assert_array_equal(np.asarray(decoded).reshape(4, 6, channels), image)
 
 
-def test_tensorboard_hparams_keep_plain_values_and_stringify_the_rest(tmp_path):
+@pytest.mark.parametrize(
+    "image, shown",
+    [
+        (np.zeros((4, 6, 2), np.uint8), r"\(4, 6, 2\) uint8"),
+        (np.zeros((4, 6), np.uint8), r"\(4, 6\) uint8"),
+        (np.zeros((4, 6, 3), np.float32), r"\(4, 6, 3\) float32"),
+    ],
+)
+def test_tensorboard_images_of_a_wrong_shape_or_type_are_refused(tmp_path, image, shown):
     writer = TensorBoardWriter(str(tmp_path))
+    with pytest.raises(ValueError, match=r"image 'bad' must be \[H, W, C\] uint8 .*" + shown):
+        writer.write_images(1, {"bad": image})
+    writer.close()
+
+
+def test_tensorboard_hparams_keep_plain_values_and_stringify_the_rest(tmp_path, caplog):
+    writer = TensorBoardWriter(str(tmp_path))
+    writer.write_scalars(1, {"loss": 1.0})
     writer.write_hparams(
-        {"lr": 1e-3, "task": "cvae", "layers": (64, 32), "flag": True}, {"r2": 0.5}
+        {"lr": 1e-3, "task": "cvae", "layers": (64, 32), "flag": True, "clip": float("inf")},
+        {"best/val_r2": 0.5, "test/r2": 0.25, "test/nan": float("nan")},
     )
     writer.close()
+    # One event file in the run's own folder: no hparams sub-folder, one run per training run.
+    assert [entry.is_file() for entry in os.scandir(tmp_path)] == [True]
     values = _values(_events(tmp_path))
     [start] = [v for _, tag, v in values if tag == "_hparams_/session_start_info"]
     data = plugin_hparams_pb2.HParamsPluginData.FromString(start.metadata.plugin_data.content)
@@ -154,9 +182,18 @@ def test_tensorboard_hparams_keep_plain_values_and_stringify_the_rest(tmp_path):
     assert hparams["task"].string_value == "cvae"
     assert hparams["layers"].string_value == "(64, 32)"
     assert hparams["flag"].bool_value is True
-    assert [(tag, v.simple_value) for _, tag, v in values if tag.startswith("hparam/")] == [
-        ("hparam/r2", 0.5)
+    assert hparams["clip"].string_value == "inf"  # No non-finite number reaches TensorBoard.
+    [experiment] = [v for _, tag, v in values if tag == "_hparams_/experiment"]
+    data = plugin_hparams_pb2.HParamsPluginData.FromString(experiment.metadata.plugin_data.content)
+    assert [m.name.tag for m in data.experiment.metric_infos] == [
+        "hparam/best/val_r2",
+        "hparam/test/r2",
     ]
+    assert [(tag, v.simple_value) for _, tag, v in values if tag.startswith("hparam/")] == [
+        ("hparam/best/val_r2", 0.5),
+        ("hparam/test/r2", 0.25),
+    ]
+    assert "NaN or Inf" not in caplog.text
 
 
 def test_tensorboard_purge_step_marks_a_restart_there(tmp_path):
@@ -239,13 +276,22 @@ def test_console_off_a_terminal_prints_only_the_lines():
     assert stream.getvalue() == "epoch 1 loss 0.5\n"
 
 
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
 def test_console_on_a_terminal_draws_the_bar_and_clears_it_before_a_line():
-    stream = _Terminal()
-    console = Console(stream, width=10)
+    stream, clock = _Terminal(), _Clock()
+    console = Console(stream, width=10, clock=clock)
     console.progress(2, 5, 10, 0.123456)
-    assert stream.getvalue() == "\repoch 2 [#####.....] 5/10 loss 0.1235"
+    assert stream.getvalue() == "\repoch 2 [#####.....] 5/10 loss 0.1235 | ETA epoch --"
+    clock.now += 10.0  # 5 more steps in 10 s: 2 s per step, the epoch is over.
     console.progress(2, 10, 10, float("nan"))
-    assert stream.getvalue().endswith("\repoch 2 [##########] 10/10 loss nan")
+    assert stream.getvalue().endswith("\repoch 2 [##########] 10/10 loss nan | ETA epoch 0:00")
     console.line("done")
     assert stream.getvalue().endswith("\r\033[Kdone\n")
     quiet = _Terminal()
@@ -253,7 +299,31 @@ def test_console_on_a_terminal_draws_the_bar_and_clears_it_before_a_line():
     assert quiet.getvalue() == ""
 
 
+def test_console_etas_from_the_time_per_step_then_from_the_last_whole_epoch():
+    stream, clock = _Terminal(), _Clock()
+    console = Console(stream, width=4, clock=clock)
+    console.progress(0, 1, 10, 1.0, epochs=5)
+    clock.now += 4.0  # 4 steps in 4 s: 5 steps left in this epoch, 4 epochs of 10 s after it.
+    console.progress(0, 5, 10, 1.0, epochs=5)
+    assert stream.getvalue().endswith("epoch 0/5 [##..] 5/10 loss 1 | ETA epoch 0:05, run 0:45")
+    clock.now += 26.0  # Epoch 1 starts 30 s after epoch 0 did (evaluation included).
+    console.progress(1, 1, 10, 1.0, epochs=5)
+    clock.now += 3.0  # 0.5 s per step now: 3 s left, then 3 epochs at the 30 s epoch 0 took.
+    console.progress(1, 7, 10, 1.0, epochs=5)
+    assert stream.getvalue().endswith("| ETA epoch 0:02, run 1:32")
+    assert console.etas(1, 7, 10, None) == (1.5, 1.5)
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0.4, "0:00"), (59.6, "1:00"), (125, "2:05"), (3725, "1:02:05"), (math.nan, "--")],
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
 def test_console_elapsed_grows():
-    console = Console(io.StringIO())
-    first = console.elapsed()
-    assert 0.0 <= first <= console.elapsed()
+    clock = _Clock()
+    console = Console(io.StringIO(), clock=clock)
+    clock.now += 2.5
+    assert console.elapsed() == 2.5

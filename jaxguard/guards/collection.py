@@ -182,12 +182,15 @@ def _comparison_guards(guard_config: Any) -> list[Guard]:
         )
     overfitting = guard_config.overfitting
     if overfitting.enabled:
+        start = overfitting.start_epoch
+        if start is None:
+            start = max(1, stop.start_epoch if stop.enabled else 0)
         found.append(
             OverfittingGuard(
                 overfitting.metric,
                 overfitting.rise,
                 overfitting.patience,
-                overfitting.start_epoch,
+                start,
                 overfitting.train_drop,
             )
         )

@@ -110,7 +110,13 @@ class Task:
       startup_lines: optional, `(config, splits) -> [str]` printed before training.
       pretrain: optional, `(config, model, splits, log) -> dict | None`: runs before training
         (not on resume); `log(line)` prints.
-      images: optional, `(outputs, batch) -> {name: [H, W, 3] uint8}` for TensorBoard.
+      images: optional, `(outputs, batch) -> {name: [H, W, C] uint8}` (C in 1, 3, 4), logged to
+        TensorBoard after each evaluation with the validation outputs; `jaxguard.figures.to_rgb`
+        turns a figure into one.
+      figures: optional, `(config, splits, summary: RunSummary, outputs, batch) ->
+        {name: matplotlib Figure}` with the test split's outputs of the tested weights: written
+        as `figures/<name>.png` in the run directory and as TensorBoard images `figures/<name>`
+        beside the learning curves every run gets (`jaxguard.figures`).
       collapse_arrays: optional, `(outputs, batch) -> (pred, target)` for the collapse dump.
       export: optional, `(config, workdir, predict, splits) -> [str]`: writes extra files
         from the tested weights (`predict(batch) -> outputs`); the lines go to the report.
@@ -137,6 +143,7 @@ class Task:
     startup_lines: Callable | None = None
     pretrain: Callable | None = None
     images: Callable | None = None
+    figures: Callable | None = None
     collapse_arrays: Callable | None = None
     export: Callable | None = None
 

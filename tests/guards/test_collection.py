@@ -240,3 +240,14 @@ def test_volatility_starts_with_early_stopping_and_not_before_epoch_2():
     assert GuardCollection.from_config(config)["volatility"].start_epoch == 4
     config.volatility.start_epoch = 0
     assert GuardCollection.from_config(config)["volatility"].start_epoch == 0
+
+
+def test_overfitting_starts_with_early_stopping_and_not_before_epoch_1():
+    config = _config()
+    assert GuardCollection.from_config(config)["overfitting"].start_epoch == 1
+    config.early_stopping.start_epoch = 4  # The optical-depth default: early swings ignored.
+    assert GuardCollection.from_config(config)["overfitting"].start_epoch == 4
+    config.early_stopping.enabled = False
+    assert GuardCollection.from_config(config)["overfitting"].start_epoch == 1
+    config.overfitting.start_epoch = 0
+    assert GuardCollection.from_config(config)["overfitting"].start_epoch == 0

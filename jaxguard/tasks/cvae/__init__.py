@@ -40,5 +40,6 @@ TASK = Task(
     make_guards=guards.make_guards,
     startup_lines=report.startup_lines,
     images=report.images,
+    figures=report.run_figures,
     export=export.export,
 )

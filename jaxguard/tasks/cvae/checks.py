@@ -4,7 +4,7 @@
 `guard.active_units` or `guard.volatility`. The embedded generator's sizes are checked here
 too, so `data.generate` never sees a bad one. What only the data can tell (a user file's
 problems, non-square fields with `data.augment.rotations`) is checked where the data are read
-(`splits.make_splits`, `data.load_npz`).
+(`splits.make_splits`, `data.load_source`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,38 @@ def _finite_at_least_zero(key: str, value) -> None:
     _require(math.isfinite(value) and value >= 0, f"{key} must be finite and >= 0, got {value!r}")
 
 
+def _is_name(value) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _check_names(d: ConfigDict) -> None:
+    """The netCDF/zarr variable and dim names: non-empty strings, the dims all distinct."""
+    _require(_is_name(d.field_var), f"data.field_var must be a variable name, got {d.field_var!r}")
+    predictors = d.predictor_vars
+    _require(
+        isinstance(predictors, tuple | list)
+        and len(predictors) >= 1
+        and all(_is_name(v) for v in predictors)
+        and len(set(predictors)) == len(predictors),
+        f"data.predictor_vars must list one or more distinct variable names, got {predictors!r}",
+    )
+    _require(_is_name(d.time_dim), f"data.time_dim must be a dim name, got {d.time_dim!r}")
+    for key in ("fine_dims", "coarse_dims"):
+        dims = d[key]
+        _require(
+            isinstance(dims, tuple | list) and len(dims) == 2 and all(_is_name(v) for v in dims),
+            f"data.{key} must be two dim names (y axis, x axis), got {dims!r}",
+        )
+    dims = [d.time_dim, *d.fine_dims, *d.coarse_dims]
+    _require(
+        len(set(dims)) == len(dims),
+        f"data.time_dim, data.fine_dims and data.coarse_dims must be five distinct names (the "
+        f"fine and coarse grids differ in size), got {dims}",
+    )
+
+
 def _check_data(d: ConfigDict) -> None:
+    _check_names(d)
     if d.source:
         for key in ("val_fraction", "test_fraction"):
             _require(0.0 < d[key] < 1.0, f"data.{key} must lie in (0, 1), got {d[key]!r}")

@@ -1,4 +1,4 @@
-"""Data of the cVAE downscaling task: embedded generator and `.npz` loader.
+"""Data of the cVAE downscaling task: embedded generator and user files (.npz, netCDF, zarr).
 
 A sample is a pair of arrays:
 
@@ -34,22 +34,40 @@ Embedded generator (`generate`), pure NumPy and deterministic given the seed:
 The three splits are drawn from independent child streams of `seed`, so the test
 split does not change with `num_train`.
 
-User data (`load_npz`): one `.npz` file with the arrays `x` `[N, H, W]` and `y`
-`[N, h, w, C]`, samples in time order; the last `test_fraction` of the samples
-form the test split and the `val_fraction` before them the validation split
-(contiguous blocks, so neighbouring days do not leak across splits). zarr and
-netCDF are not read yet: convert with `np.savez(path, x=..., y=...)`.
+User data (`load_source`), samples in time order; the last `test_fraction` of the
+samples form the test split and the `val_fraction` before them the validation split
+(contiguous blocks, so neighbouring days do not leak across splits). One of:
+
+  * a `.npz` file with the arrays `x` `[N, H, W]` and `y` `[N, h, w, C]`, read with
+    `allow_pickle=False`;
+  * a netCDF file (`.nc`, netCDF4/HDF5 read with the h5netcdf engine, netCDF3 with scipy's)
+    or a zarr store (`.zarr`) written by xarray, opened with xarray. The precipitation is the
+    variable `Names.field` with dims `(time, *fine)`; each predictor variable in
+    `Names.predictors` has dims `(time, *coarse)` (one channel) or one more dim last (one
+    channel per entry), stacked in the listed order. The names are config keys
+    (`data.field_var`, `data.predictor_vars`, `data.time_dim`, `data.fine_dims`,
+    `data.coarse_dims`); the coordinate values of these dims and the field's attributes are
+    kept (`Coordinates`), so samples can be written back on the input's grid and dates.
+
+netCDF and zarr need the optional `io` extra (`pip install 'jaxguard[io]'`: xarray, h5netcdf,
+zarr). Every problem (missing file, variable or dim, a wrong rank, an empty axis, a dtype that
+is not real numbers, pickled objects, NaN, infinite or huge values, negative precipitation,
+grids whose ratio is not one whole factor) is one ConfigError line naming the file and the
+array.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxguard import _checks
 from jaxguard.config import ConfigError
+from jaxguard.tasks.user_files import is_zarr, one_line, read_npz, real_float32
 
 SPLITS = ("train", "val", "test")
 PREDICTOR_NAMES = ("coarse precipitation", "moisture", "instability")
@@ -227,72 +245,147 @@ def generate(
     }
 
 
-def _first_bad_index(bad: np.ndarray) -> tuple[int, ...]:
-    return tuple(int(i) for i in np.argwhere(bad)[0])
+class Names(NamedTuple):
+    """The variable and dimension names of a netCDF or zarr source (config keys `data.*`)."""
+
+    field: str  # data.field_var: precipitation, dims (time, *fine).
+    predictors: tuple[str, ...]  # data.predictor_vars: dims (time, *coarse[, channel]).
+    time: str  # data.time_dim
+    fine: tuple[str, str]  # data.fine_dims: (y axis, x axis) of the precipitation grid.
+    coarse: tuple[str, str]  # data.coarse_dims: (y axis, x axis) of the predictor grid.
 
 
-def load_npz(path: str, *, val_fraction: float, test_fraction: float) -> dict[str, dict]:
-    """Reads user data from `path` and splits it into contiguous train/val/test blocks.
+class Coordinates(NamedTuple):
+    """Where the samples lie: the time labels of each split and the grid axes' values.
 
-    Args:
-      path: a `.npz` file with `x` `[N, H, W]` (precipitation, finite, `>= 0`) and
-        `y` `[N, h, w, C]` (finite), `H / h = W / w` a whole number.
-      val_fraction: share of the samples in the val split, in `(0, 1)`.
-      test_fraction: share of the samples in the test split (the last ones), in `(0, 1)`.
-
-    Returns:
-      The splits, as `generate` returns them (float32).
-
-    Raises:
-      ConfigError: one line naming the file, the array and what is wrong with it.
+    For the embedded generator and `.npz` files these are indices (sample number, pixel).
     """
-    where = f"data.source {path}"
-    if not os.path.exists(path):
-        raise ConfigError(f"{where}: no such file")
-    if os.path.isdir(path) or not path.endswith(".npz"):
+
+    names: Names
+    time: dict[str, np.ndarray]  # split -> [N_split] labels (numbers or datetime64).
+    fine: tuple[np.ndarray, np.ndarray]  # [H], [W]
+    coarse: tuple[np.ndarray, np.ndarray]  # [h], [w]
+    channels: tuple[str, ...]  # The C predictor channels' names.
+    field_attrs: dict  # The precipitation variable's attributes (units, long_name, ...).
+
+
+def index_coordinates(splits: dict[str, dict[str, np.ndarray]], names: Names) -> Coordinates:
+    """Coordinates of arrays without any: sample numbers over the splits, pixel indices."""
+    sizes = [len(splits[name]["x"]) for name in SPLITS]
+    starts = np.cumsum([0, *sizes])
+    _, height, width = splits["train"]["x"].shape
+    _, coarse_h, coarse_w, channels = splits["train"]["y"].shape
+    return Coordinates(
+        names=names,
+        time={
+            name: np.arange(a, b)
+            for name, a, b in zip(SPLITS, starts[:-1], starts[1:], strict=True)
+        },
+        fine=(np.arange(height), np.arange(width)),
+        coarse=(np.arange(coarse_h), np.arange(coarse_w)),
+        channels=tuple(f"channel {i}" for i in range(channels)),
+        field_attrs={"units": "mm/day"},
+    )
+
+
+def import_xarray(where: str, engine: str):
+    """xarray, after checking that the engine's packages (h5netcdf and h5py, scipy, zarr) import."""
+    # h5netcdf imports without h5py (its HDF5 backend) and fails only when a file is opened.
+    for module in ("xarray", engine, *(("h5py",) if engine == "h5netcdf" else ())):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(
+                f"{where}: netCDF and zarr need the {module} package, which is not installed; "
+                "pip install 'jaxguard[io]'"
+            ) from error
+    return importlib.import_module("xarray")
+
+
+def _open_dataset(where: str, path: str):
+    """The xarray Dataset at `path`: netCDF4 (h5netcdf), netCDF3 (scipy) or zarr."""
+    if os.path.isdir(path):
+        engine = "zarr"
+    else:
+        with open(path, "rb") as f:
+            engine = "scipy" if f.read(3) == b"CDF" else "h5netcdf"
+    xarray = import_xarray(where, engine)
+    if engine == "zarr":
+        try:
+            return xarray.open_zarr(path, consolidated=True, chunks=None)
+        except Exception:  # noqa: S110 - no consolidated metadata: read each array's own below.
+            pass  # (xarray's own fallback, consolidated=None, warns on every read)
+    try:
+        if engine == "zarr":
+            return xarray.open_zarr(path, consolidated=False, chunks=None)
+        return xarray.open_dataset(path, engine=engine)
+    except Exception as error:  # OSError, ValueError, KeyError, ... from the engines
+        kind = "zarr store" if engine == "zarr" else "netCDF file"
+        raise ConfigError(f"{where}: not a readable {kind} ({one_line(error)})") from None
+
+
+def _variable(where: str, dataset, name: str, dims: tuple[str, ...], key: str, extra: int):
+    """`dataset[name]` as NumPy with `dims` first (then up to `extra` more dims) and its dims."""
+    if name not in dataset.data_vars:
         raise ConfigError(
-            f"{where}: only .npz files are read (zarr and netCDF are not supported yet); "
-            "save the arrays with np.savez(path, x=..., y=...)"
+            f"{where}: variable {name!r} is missing (the dataset has "
+            f"{', '.join(sorted(map(str, dataset.data_vars))) or 'no variables'}); set {key}"
         )
-    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < fraction < 1.0:
-            raise ConfigError(f"data.{name} must lie in (0, 1), got {fraction!r}")
-    if val_fraction + test_fraction >= 1.0:
+    array = dataset[name]
+    rest = tuple(d for d in array.dims if d not in dims)
+    if not set(dims) <= set(array.dims) or len(rest) > extra:
+        expected = ", ".join(dims) + (", and at most one more" if extra else "")
         raise ConfigError(
-            f"data.val_fraction + data.test_fraction must be < 1, got "
-            f"{val_fraction} + {test_fraction}"
+            f"{where}: variable {name!r} has dims ({', '.join(map(str, array.dims))}); "
+            f"expected ({expected}); set data.time_dim, data.fine_dims and data.coarse_dims to "
+            "the file's names"
         )
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{where}: not a readable .npz file ({error})") from None
-    with archive:
-        arrays = {}
-        for name, rank, layout in (("x", 3, "[N, H, W]"), ("y", 4, "[N, h, w, C]")):
-            if name not in archive.files:
-                raise ConfigError(
-                    f"{where}: array {name!r} is missing (the file has "
-                    f"{', '.join(archive.files) or 'no arrays'}); expected x [N, H, W] and "
-                    "y [N, h, w, C]"
-                )
-            values = archive[name]
-            if values.ndim != rank:
-                raise ConfigError(
-                    f"{where}: array {name!r} has shape {values.shape}; expected {layout}"
-                )
-            if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
-                raise ConfigError(
-                    f"{where}: array {name!r} has dtype {values.dtype}; expected float"
-                )
-            values = values.astype(np.float32)
-            bad = ~np.isfinite(values)
-            if bad.any():
-                raise ConfigError(
-                    f"{where}: array {name!r} holds {int(bad.sum())} NaN or infinite values "
-                    f"(first at index {_first_bad_index(bad)})"
-                )
-            arrays[name] = values
-    x, y = arrays["x"], arrays["y"]
+        values = array.transpose(*dims, *rest).values
+    except Exception as error:  # a damaged chunk or codec error
+        raise ConfigError(f"{where}: variable {name!r}: {one_line(error)}") from None
+    return values, rest
+
+
+def _axis_values(dataset, dim: str) -> np.ndarray:
+    """The coordinate values along `dim`, or indices when the dataset has none."""
+    if dim in dataset.coords:
+        return np.asarray(dataset[dim].values)
+    return np.arange(dataset.sizes[dim])
+
+
+def _read_dataset(where: str, path: str, names: Names):
+    """`(x [N, H, W], y [N, h, w, C], axes)` of a netCDF file or zarr store, as stored."""
+    with _open_dataset(where, path) as dataset:
+        field, _ = _variable(
+            where, dataset, names.field, (names.time, *names.fine), "data.field_var", 0
+        )
+        field = real_float32(where, f"variable {names.field!r}", field, "(time, lat, lon)")
+        predictors, channels = [], []
+        for name in names.predictors:
+            values, rest = _variable(
+                where, dataset, name, (names.time, *names.coarse), "data.predictor_vars", 1
+            )
+            values = real_float32(where, f"variable {name!r}", values, "(time, lat, lon)")
+            if rest:
+                labels = _axis_values(dataset, rest[0])
+                channels += [f"{name}[{label}]" for label in labels]
+            else:
+                values = values[..., None]
+                channels.append(name)
+            predictors.append(values)
+        axes = {
+            "time": _axis_values(dataset, names.time),
+            "fine": tuple(_axis_values(dataset, d) for d in names.fine),
+            "coarse": tuple(_axis_values(dataset, d) for d in names.coarse),
+            "channels": tuple(channels),
+            "field_attrs": dict(dataset[names.field].attrs),
+        }
+    return field, np.concatenate(predictors, axis=-1), axes
+
+
+def _check_pair(where: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Sample counts, grids and the fine/coarse ratio of checked float arrays."""
     if x.shape[0] != y.shape[0]:
         raise ConfigError(
             f"{where}: x has {x.shape[0]} samples but y has {y.shape[0]}; they must match"
@@ -307,8 +400,59 @@ def load_npz(path: str, *, val_fraction: float, test_fraction: float) -> dict[st
     if negative.any():
         raise ConfigError(
             f"{where}: array 'x' holds {int(negative.sum())} negative precipitation values "
-            f"(first at index {_first_bad_index(negative)})"
+            f"(first at index {tuple(int(i) for i in np.argwhere(negative)[0])})"
         )
+
+
+def load_source(
+    path: str, *, val_fraction: float, test_fraction: float, names: Names
+) -> tuple[dict[str, dict[str, np.ndarray]], Coordinates]:
+    """Reads user data from `path` and splits it into contiguous train/val/test blocks.
+
+    Args:
+      path: a `.npz` file with `x` `[N, H, W]` (precipitation, finite, `>= 0`) and `y`
+        `[N, h, w, C]` (finite), or a netCDF file / zarr store with the variables `names`
+        names (module docstring); `H / h = W / w` a whole number.
+      val_fraction: share of the samples in the val split, in `(0, 1)`.
+      test_fraction: share of the samples in the test split (the last ones), in `(0, 1)`.
+      names: the variable and dim names of a netCDF or zarr source (and of the coordinates
+        given for a `.npz` file).
+
+    Returns:
+      The splits, as `generate` returns them (float32), and their `Coordinates`.
+
+    Raises:
+      ConfigError: one line naming the file, the array and what is wrong with it.
+    """
+    where = f"data.source {path}"
+    if not os.path.exists(path):
+        raise ConfigError(f"{where}: no such file")
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(f"data.{name} must lie in (0, 1), got {fraction!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction must be < 1, got "
+            f"{val_fraction} + {test_fraction}"
+        )
+    axes = None
+    if path.endswith(".npz") and os.path.isfile(path):
+        raw = read_npz(where, path, ("x", "y"), "x [N, H, W] and y [N, h, w, C]")
+        x = real_float32(where, "array 'x'", raw["x"], "[N, H, W]")
+        y = real_float32(where, "array 'y'", raw["y"], "[N, h, w, C]")
+        for name, values, rank, layout in (("x", x, 3, "[N, H, W]"), ("y", y, 4, "[N, h, w, C]")):
+            if values.ndim != rank:
+                raise ConfigError(
+                    f"{where}: array {name!r} has shape {values.shape}; expected {layout}"
+                )
+    elif (path.endswith(".nc") and os.path.isfile(path)) or is_zarr(path):
+        x, y, axes = _read_dataset(where, path, names)
+    else:
+        raise ConfigError(
+            f"{where}: expected a .npz file, a netCDF .nc file or a .zarr store "
+            "(docs/cvae.md, 'Your own data')"
+        )
+    _check_pair(where, x, y)
     n = x.shape[0]
     num_test = math.ceil(test_fraction * n)
     num_val = math.ceil(val_fraction * n)
@@ -320,4 +464,15 @@ def load_npz(path: str, *, val_fraction: float, test_fraction: float) -> dict[st
         "val": (num_train, num_train + num_val),
         "test": (num_train + num_val, n),
     }
-    return {name: {"x": x[a:b], "y": y[a:b]} for name, (a, b) in bounds.items()}
+    splits = {name: {"x": x[a:b], "y": y[a:b]} for name, (a, b) in bounds.items()}
+    if axes is None:
+        return splits, index_coordinates(splits, names)
+    coordinates = Coordinates(
+        names=names,
+        time={name: axes["time"][a:b] for name, (a, b) in bounds.items()},
+        fine=axes["fine"],
+        coarse=axes["coarse"],
+        channels=axes["channels"],
+        field_attrs=axes["field_attrs"],
+    )
+    return splits, coordinates

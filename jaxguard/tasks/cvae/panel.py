@@ -1,4 +1,4 @@
-"""The ensemble panel of the cVAE task: draw samples, render them, write PNG and npz.
+"""The ensemble panel of the cVAE task: draw samples, plot them (matplotlib), write PNG and npz.
 
 Shared by the training run's `export` hook and `python -m jaxguard.sample`, so
 both write the same files for the same predictors and seed.
@@ -6,92 +6,82 @@ both write the same files for the same predictors and seed.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from matplotlib import colors
+from matplotlib.figure import Figure
 
-from jaxguard.png import write_png
+from jaxguard import figures
 
-# Precipitation colours from dry (white) to heavy (dark blue), anchors at 0, 1/3, 2/3, 1.
-_RAIN_COLOURS = np.array(
-    [[1.0, 1.0, 1.0], [0.62, 0.85, 0.95], [0.16, 0.48, 0.78], [0.10, 0.10, 0.45]]
-)
-_EXTREME_COLOUR = np.array([0.85, 0.10, 0.10])
-_NONFINITE_COLOUR = np.array([0.5, 0.5, 0.5])  # NaN/Inf pixels: a diverged model.
-# Predictor colours from the channel's minimum (dark) to its maximum (yellow).
-_PREDICTOR_COLOURS = np.array([[0.15, 0.05, 0.30], [0.15, 0.55, 0.55], [0.98, 0.90, 0.15]])
-_ZOOM = 3
-_GAP = 2
+RAIN_UNITS = "mm/day"
 
 
-def _colour_map(values: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """`[...]` values in [0, 1] -> `[..., 3]` colours interpolated between `anchors`.
-
-    A NaN is drawn as 0 (callers paint non-finite pixels over it).
-    """
-    position = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(anchors) - 1)
-    low = np.minimum(np.floor(position).astype(int), len(anchors) - 2)
-    share = (position - low)[..., None]
-    return anchors[low] * (1.0 - share) + anchors[low + 1] * share
-
-
-def _rain_tile(field: np.ndarray, vmax: float, threshold: float) -> np.ndarray:
-    # sqrt scale: the heavy tail would otherwise leave everything but the peaks white.
-    scaled = np.sqrt(np.maximum(field, 0.0) / vmax)
-    colours = _colour_map(scaled, _RAIN_COLOURS)
-    colours = np.where((field > threshold)[..., None], _EXTREME_COLOUR, colours)
-    return np.where(np.isfinite(field)[..., None], colours, _NONFINITE_COLOUR)
-
-
-def _finite_max(values: np.ndarray) -> float:
-    """The largest finite value, or 0 when there is none (a model that output NaN)."""
-    finite = values[np.isfinite(values)]
-    return float(finite.max()) if finite.size else 0.0
-
-
-def render_panel(
+def panel_figure(
     predictors: np.ndarray,
     truth: np.ndarray | None,
     samples: np.ndarray,
     *,
     threshold: float,
-) -> np.ndarray:
-    """An RGB panel: one row per example; predictors, truth, then the ensemble members.
+    title: str,
+    row_labels: Sequence[str] | None = None,
+    member_labels: Sequence[str] | None = None,
+) -> Figure:
+    """One row per example: each predictor channel, the truth, then the ensemble members.
 
     Args:
       predictors: `[K, h, w, C]` raw predictors.
-      truth: `[K, H, W]` true fields, or None (the truth column is left blank).
+      truth: `[K, H, W]` true fields (mm/day), or None (the truth column is left empty).
       samples: `[K, n, H, W]` ensemble members (mm/day).
-      threshold: pixels above it are drawn red.
+      threshold: the extreme threshold (mm/day), drawn as a red contour; `inf` for none.
+      title: the figure title.
+      row_labels: `[K]` names of the rows (default `example k`).
+      member_labels: `[n]` column titles of the members (default `member i`).
 
     Returns:
-      `[rows, cols, 3]` float image in [0, 1]. Precipitation uses one sqrt colour scale
-      per row (0 to the row's largest finite value; NaN and Inf pixels are grey); each
-      predictor channel is scaled to its own range over the shown examples.
+      The figure. Precipitation (truth and members) shares one square-root colour scale from
+      0 to the largest finite value shown, with one colorbar; each predictor channel has its
+      own scale over the shown examples and its own colorbar. NaN and Inf pixels are grey.
     """
-    examples, members, height, width = samples.shape
-    factor = height // predictors.shape[1]
-    low = predictors.min(axis=(0, 1, 2))
-    span = np.maximum(predictors.max(axis=(0, 1, 2)) - low, 1e-12)
-    rows = []
+    examples, members = samples.shape[:2]
+    channels = predictors.shape[-1]
+    figure, axes = figures.image_grid(examples, channels + 1 + members, tile=1.3)
+    for c in range(channels):
+        low, high = figures.finite_range(predictors[..., c], floor=1e-12)
+        norm = colors.Normalize(low, high)
+        for k in range(examples):
+            image = figures.show_field(axes[k, c], predictors[k, ..., c], cmap="viridis", norm=norm)
+        axes[0, c].set_title(f"predictor {c}", fontsize="small")
+        figures.shared_colorbar(figure, image, axes[:, c], f"predictor {c}\n(input units)")
+    rain = samples if truth is None else np.concatenate([truth[:, None], samples], axis=1)
+    _, vmax = figures.finite_range(np.concatenate([[0.0], np.ravel(rain)]), floor=1e-6)
+    # Square-root scale: the heavy tail would otherwise leave everything but the peaks pale.
+    rain_norm = colors.PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)
+    titles = ["truth"] + list(member_labels or [f"member {i}" for i in range(members)])
     for k in range(examples):
-        row_fields = samples[k] if truth is None else np.concatenate([truth[k][None], samples[k]])
-        vmax = max(_finite_max(row_fields), 1e-6)
-        tiles = []
-        for channel in range(predictors.shape[-1]):
-            coarse = (predictors[k, ..., channel] - low[channel]) / span[channel]
-            fine = np.kron(coarse, np.ones((factor, factor)))
-            tiles.append(_colour_map(fine, _PREDICTOR_COLOURS))
-        tiles.append(
-            np.ones((height, width, 3)) if truth is None else _rain_tile(truth[k], vmax, threshold)
-        )
-        tiles += [_rain_tile(samples[k, i], vmax, threshold) for i in range(members)]
-        zoomed = [np.kron(t, np.ones((_ZOOM, _ZOOM, 1))) for t in tiles]
-        gap = np.ones((height * _ZOOM, _GAP, 3))
-        rows.append(np.concatenate([part for t in zoomed for part in (t, gap)][:-1], axis=1))
-    gap = np.ones((2 * _GAP, rows[0].shape[1], 3))
-    return np.concatenate([part for r in rows for part in (r, gap)][:-1], axis=0)
+        axes[k, 0].set_ylabel(row_labels[k] if row_labels else f"example {k}", fontsize="small")
+        fields = [None if truth is None else truth[k], *samples[k]]
+        for column, field in enumerate(fields, start=channels):
+            ax = axes[k, column]
+            if field is None:
+                ax.set_axis_off()
+                continue
+            image = figures.show_field(ax, np.maximum(field, 0.0), cmap="Blues", norm=rain_norm)
+            if (
+                math.isfinite(threshold)
+                and np.nanmax(np.where(np.isfinite(field), field, 0)) > threshold
+            ):
+                ax.contour(np.nan_to_num(field), levels=[threshold], colors="red", linewidths=0.8)
+    for column, name in enumerate(titles, start=channels):
+        axes[0, column].set_title(name, fontsize="small")
+    figures.shared_colorbar(
+        figure, image, axes[:, channels:], f"precipitation ({RAIN_UNITS}, square-root scale)"
+    )
+    extreme = f"; red contour: > {threshold:.4g} {RAIN_UNITS}" if math.isfinite(threshold) else ""
+    figure.suptitle(title + extreme)
+    return figure
 
 
 def draw_ensemble(
@@ -140,7 +130,15 @@ def write_ensemble(
     if truth is not None:
         arrays["x"] = truth
     np.savez(npz_path, **arrays)
-    write_png(png_path, render_panel(predictors, truth, samples, threshold=threshold))
+    figure = panel_figure(
+        predictors,
+        truth,
+        samples,
+        threshold=threshold,
+        title="cVAE ensemble: predictors, truth and prior draws",
+        row_labels=[f"sample {i}" for i in indices],
+    )
+    figures.save_png(figure, png_path)
     return png_path, npz_path
 
 
@@ -157,4 +155,6 @@ def panel_examples(split, count: int, seed: int) -> np.ndarray:
 
 def panel_description(indices: np.ndarray, predictor_count: int, truth: bool, n: int) -> str:
     columns = f"{predictor_count} predictors, " + ("truth, " if truth else "") + f"{n} samples"
-    return f"rows: samples {', '.join(map(str, indices))}; columns: {columns}; red: extreme pixels"
+    return (
+        f"rows: samples {', '.join(map(str, indices))}; columns: {columns}; red contour: extremes"
+    )

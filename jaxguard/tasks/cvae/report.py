@@ -3,7 +3,9 @@
 `report_lines` gives the task's own lines of report.txt from the harness's `RunSummary` (the
 harness adds the best epoch, the stop reason and the training time), including the KL weight
 at the best epoch and a summary of the epoch-to-epoch changes of the validation reconstruction
-loss (from `summary.history`). The sample panel is written by `export.py`.
+loss (from `summary.history`). The sample panel is written by `export.py`; `images` (each
+evaluation) and `run_figures` (the rank histogram, reliability and spread/skill figures at the
+end) are drawn with `jaxguard.figures`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from matplotlib.figure import Figure
 from ml_collections import ConfigDict
 
+from jaxguard import figures, losses
 from jaxguard import guards as guards_lib
-from jaxguard import losses
 from jaxguard.tasks.contract import RunSummary
 from jaxguard.tasks.cvae import panel
 from jaxguard.tasks.cvae.loss import beta_warmup_steps
@@ -266,10 +269,49 @@ def images(outputs, batch) -> dict[str, np.ndarray]:
     """TensorBoard: the heaviest validation day: predictors, truth, reconstruction, generated."""
     k = int(np.argmax(np.asarray(batch["x"]).reshape(len(batch["x"]), -1).max(axis=1)))
     fields = np.stack([outputs["pred"][k], outputs["generated"][k]])[None]
-    image = panel.render_panel(
+    figure = panel.panel_figure(
         np.asarray(batch["y"][k : k + 1]),
         np.asarray(batch["x"][k : k + 1]),
         np.asarray(fields),
-        threshold=math.inf,  # No threshold reaches this hook; nothing is drawn red.
+        threshold=math.inf,  # No threshold reaches this hook; no contour is drawn.
+        title="heaviest validation day",
+        row_labels=[f"sample {k}"],
+        member_labels=["reconstructed", "generated"],
     )
-    return {"val/heaviest_day": image}
+    return {"val/heaviest_day": figures.to_rgb(figure)}
+
+
+def ensemble_figures(figures_in: Mapping, history, threshold: float) -> dict[str, Figure]:
+    """The rank histogram, reliability diagram and spread/skill of an ensemble's scores.
+
+    Args:
+      figures_in: `rank_histogram`, `reliability_observed` and `reliability_counts` (`[M + 1]`
+        each, the `EnsembleMetrics` keys of `CVAEMetrics`); none drawn without them.
+      history: `RunSummary.history`; spread and ensemble-mean RMSE over epochs when its
+        records hold `val_spread` and `val_ensemble_mean_rmse`.
+      threshold: the exceedance threshold of the reliability diagram (mm/day).
+    """
+    drawn: dict[str, Figure] = {}
+    if "rank_histogram" in figures_in:
+        drawn["rank_histogram"] = figures.rank_histogram(
+            np.asarray(figures_in["rank_histogram"]), title="test: rank of the truth, all pixels"
+        )
+        drawn["reliability"] = figures.reliability_diagram(
+            np.asarray(figures_in["reliability_observed"]),
+            np.asarray(figures_in["reliability_counts"]),
+            title=f"test: reliability of exceeding {threshold:.4g} {panel.RAIN_UNITS}",
+        )
+    if history and {"val_spread", "val_ensemble_mean_rmse"} <= set(history[0]):
+        drawn["spread_skill"] = figures.epoch_curves(
+            history,
+            {"member spread": "val_spread", "ensemble-mean RMSE": "val_ensemble_mean_rmse"},
+            ylabel=f"{panel.RAIN_UNITS}",
+            title="validation spread vs skill (equal when calibrated)",
+        )
+    return drawn
+
+
+def run_figures(config: ConfigDict, splits, summary: RunSummary, outputs, batch) -> dict:
+    """End-of-run figures: the ensemble's (`ensemble_figures`) when the test metrics hold them."""
+    del splits, outputs, batch
+    return ensemble_figures(summary.test, summary.history, extreme_threshold(config))

@@ -1,9 +1,10 @@
 """The cVAE task's splits: the raw data read or generated once, and what the task adds to it.
 
 `raw_splits` gives `{"train"|"val"|"test": {"x", "y"}}` as `data.py` produces them, cached per
-data config and seed; `make_splits` adds the coarse mass targets and the extreme-day flags and
-oversamples the extreme training days. `extreme_threshold` is the one place the extreme
-threshold is decided (a fixed value or a quantile of the training pixels).
+data config and seed, and `coordinates` their time labels and grid axes; `make_splits` adds
+the coarse mass targets and the extreme-day flags and oversamples the extreme training days.
+`extreme_threshold` is the one place the extreme threshold is decided (a fixed value or a
+quantile of the training pixels).
 """
 
 from __future__ import annotations
@@ -18,14 +19,31 @@ from jaxguard.config import ConfigError
 from jaxguard.tasks.cvae import data as data_lib
 
 
+def names_of(data: ConfigDict | dict) -> data_lib.Names:
+    """The variable and dim names of a netCDF or zarr source, from `config.data`."""
+    return data_lib.Names(
+        field=data["field_var"],
+        predictors=tuple(data["predictor_vars"]),
+        time=data["time_dim"],
+        fine=tuple(data["fine_dims"]),
+        coarse=tuple(data["coarse_dims"]),
+    )
+
+
 @functools.lru_cache(maxsize=4)
-def _raw_splits_cached(data_json: str, seed: int) -> dict[str, dict[str, np.ndarray]]:
+def _raw_data_cached(
+    data_json: str, seed: int
+) -> tuple[dict[str, dict[str, np.ndarray]], data_lib.Coordinates]:
     d = json.loads(data_json)
+    names = names_of(d)
     if d["source"]:
-        return data_lib.load_npz(
-            d["source"], val_fraction=d["val_fraction"], test_fraction=d["test_fraction"]
+        return data_lib.load_source(
+            d["source"],
+            val_fraction=d["val_fraction"],
+            test_fraction=d["test_fraction"],
+            names=names,
         )
-    return data_lib.generate(
+    splits = data_lib.generate(
         num_train=d["num_train"],
         num_val=d["num_val"],
         num_test=d["num_test"],
@@ -35,6 +53,7 @@ def _raw_splits_cached(data_json: str, seed: int) -> dict[str, dict[str, np.ndar
         heavy_peak_min=d["heavy_peak_min"],
         seed=seed,
     )
+    return splits, data_lib.index_coordinates(splits, names)
 
 
 def raw_splits(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
@@ -44,7 +63,12 @@ def raw_splits(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
       `{"train"|"val"|"test": {"x": [N, H, W], "y": [N, h, w, C]}}` (float32), the training
       split without oversampling. The arrays are shared between callers: do not modify them.
     """
-    return _raw_splits_cached(config.data.to_json(sort_keys=True), config.seed)
+    return _raw_data_cached(config.data.to_json(sort_keys=True), config.seed)[0]
+
+
+def coordinates(config: ConfigDict) -> data_lib.Coordinates:
+    """The time labels of each split and the grids' axes (indices for embedded and .npz data)."""
+    return _raw_data_cached(config.data.to_json(sort_keys=True), config.seed)[1]
 
 
 def factor_of(config: ConfigDict) -> int:
@@ -71,7 +95,7 @@ def make_splits(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
 
     Raises:
       ConfigError: what only the data can tell: a user file that cannot be read or split
-        (`data.load_npz`), or `data.augment.rotations` on fields that are not square.
+        (`data.load_source`), or `data.augment.rotations` on fields that are not square.
     """
     raw = raw_splits(config)
     x, y = raw["train"]["x"], raw["train"]["y"]

@@ -51,17 +51,34 @@ while the conditional mean (what MSE converges to) follows the frames.
 
 Splits are drawn from independent child streams of `seed`, so the test split is
 the same whatever `num_train` and `num_val` are.
+
+User data (`data.source`, `load_source`): an `.npz` file or a zarr group (`.zarr`) holding
+`frames` `[N, T, H, W]` (real numbers, any units) and `targets` `[N]` (optical depths), with
+`T = data.frames` (and `H = W = data.image_size` when `model.pretrain.epochs > 0`: the
+pretraining decoder draws square frames of that size). The sequences are split in file order:
+the last `data.test_fraction` form the test split and the `data.val_fraction` before them the
+val split. The frames are standardised by the training split's pixel mean and std (one pair
+of constants for every sequence, as the embedded frames are, so brightness stays
+informative). User splits carry no `oracle`. Every problem (missing file or array, a wrong
+rank, mismatched N, an empty axis, a dtype that is not real numbers, pickled objects, NaN,
+infinite or huge values) is one ConfigError line naming the file and the array. zarr needs
+the optional `io` extra (`pip install 'jaxguard[io]'`).
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 import numbers
+import os
 
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
 from jaxguard import _checks, losses
+from jaxguard.config import ConfigError
+from jaxguard.tasks.user_files import is_zarr, one_line, read_npz, real_float32
 
 TARGET_MIN = 0.15
 TARGET_MAX = 1.95
@@ -100,6 +117,7 @@ _FRAME_MEAN = 0.55
 _FRAME_STD = 0.5
 
 SPLITS = ("train", "val", "test")
+USER_ARRAYS = ("frames", "targets")  # What a data.source file holds: [N, T, H, W] and [N].
 
 
 def _check_count(name: str, value, *, minimum: int) -> None:
@@ -312,19 +330,156 @@ def oracle_r2(split: dict[str, np.ndarray]) -> float:
     return float(1.0 - np.sum((target - oracle) ** 2) / total)
 
 
-def make_splits(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
-    """The embedded data, plus per-example loss weights from `loss.overweight_*`."""
+def _read_zarr(where: str, path: str) -> dict[str, np.ndarray]:
+    """The arrays `frames` and `targets` of a zarr group, read whole."""
+    try:
+        zarr = importlib.import_module("zarr")
+    except ImportError as error:
+        raise ConfigError(
+            f"{where}: reading zarr stores needs the zarr package, which is not installed; "
+            "pip install 'jaxguard[io]'"
+        ) from error
+    try:
+        group = zarr.open_group(store=path, mode="r")
+        names = sorted(group.array_keys())
+    except Exception as error:  # zarr raises ValueError subclasses, JSONDecodeError, OSError
+        raise ConfigError(f"{where}: not a readable zarr group ({one_line(error)})") from None
+    arrays, listed = {}, ", ".join(names) or "no arrays"
+    for name in USER_ARRAYS:
+        if name not in names:
+            raise ConfigError(
+                f"{where}: array {name!r} is missing (the group has {listed}); expected "
+                "frames [N, T, H, W] and targets [N]"
+            )
+        try:
+            arrays[name] = np.asarray(group[name][...])
+        except Exception as error:  # e.g. a codec error on a corrupt chunk
+            raise ConfigError(f"{where}: array {name!r}: {one_line(error)}") from None
+    return arrays
+
+
+def _checked(where: str, name: str, values: np.ndarray, layout: str) -> np.ndarray:
+    """`values` as float32 after the rank, dtype, size and value checks."""
+    if values.ndim != len(layout.split(",")):
+        raise ConfigError(f"{where}: array {name!r} has shape {values.shape}; expected {layout}")
+    return real_float32(where, f"array {name!r}", values, layout)
+
+
+def load_source(
+    path: str,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    frames: int,
+    square_size: int | None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """User sequences from `path`, split in file order and standardised (module docstring).
+
+    Args:
+      path: an `.npz` file or a zarr group with `frames` `[N, T, H, W]` and `targets` `[N]`.
+      val_fraction: share of the sequences in the val split, in `(0, 1)`.
+      test_fraction: share in the test split (the last sequences), in `(0, 1)`.
+      frames: the `T` the model is built for (`data.frames`).
+      square_size: when set, frames must be `square_size x square_size` (pretraining).
+
+    Returns:
+      `{"train"|"val"|"test": {"frames": [n, T, H, W, 1], "target": [n]}}`, float32, the
+      frames standardised by the training split's pixel mean and std.
+
+    Raises:
+      ConfigError: one line naming the file, the array and what is wrong with it.
+    """
+    where = f"data.source {path}"
+    if not os.path.exists(path):
+        raise ConfigError(f"{where}: no such file")
+    if path.endswith(".npz") and os.path.isfile(path):
+        raw = read_npz(where, path, USER_ARRAYS, "frames [N, T, H, W] and targets [N]")
+    elif is_zarr(path):
+        raw = _read_zarr(where, path)
+    else:
+        raise ConfigError(
+            f"{where}: expected a .npz file or a .zarr store with frames [N, T, H, W] and "
+            "targets [N] (docs/optical_depth.md)"
+        )
+    sequences = _checked(where, "frames", raw["frames"], "[N, T, H, W]")
+    targets = _checked(where, "targets", raw["targets"], "[N]")
+    n, length, height, width = sequences.shape
+    if len(targets) != n:
+        raise ConfigError(
+            f"{where}: frames hold {n} sequences but targets has {len(targets)} values; they "
+            "must match"
+        )
+    if length != frames:
+        raise ConfigError(
+            f"{where}: frames hold {length} frames per sequence but data.frames={frames}; set "
+            f"--cfg.data.frames={length} (and model.attention_scales to windows <= {length})"
+        )
+    if square_size is not None and (height, width) != (square_size, square_size):
+        raise ConfigError(
+            f"{where}: frames are {height} x {width} but pretraining (model.pretrain.epochs > 0) "
+            f"decodes {square_size} x {square_size} frames; set --cfg.data.image_size to a "
+            "square size that matches or --cfg.model.pretrain.epochs=0"
+        )
+    num_test = math.ceil(test_fraction * n)
+    num_val = math.ceil(val_fraction * n)
+    num_train = n - num_val - num_test
+    if num_train < 1:
+        raise ConfigError(f"{where}: {n} sequences are too few to split into train, val and test")
+    train = sequences[:num_train].astype(np.float64)
+    mean, std = train.mean(), train.std()
+    # Constant training frames have no contrast to keep: centre them and leave the scale alone.
+    standardised = ((sequences - mean) / (std if std > 0 else 1.0)).astype(np.float32)[..., None]
+    bounds = {
+        "train": (0, num_train),
+        "val": (num_train, num_train + num_val),
+        "test": (num_train + num_val, n),
+    }
+    return {
+        name: {"frames": standardised[a:b], "target": targets[a:b]}
+        for name, (a, b) in bounds.items()
+    }
+
+
+def check_source_config(config: ConfigDict) -> None:
+    """`data.source` and its split fractions: one ConfigError naming the first bad key."""
     d = config.data
-    splits = generate(
-        num_train=d.num_train,
-        num_val=d.num_val,
-        num_test=d.num_test,
-        frames=d.frames,
-        image_size=d.image_size,
-        noise=d.noise,
-        seed=config.seed,
-        signal=d.signal,
-    )
+    if not isinstance(d.source, str):
+        raise ConfigError(f"data.source must be a path or '', got {d.source!r}")
+    if not d.source:
+        return
+    for key in ("val_fraction", "test_fraction"):
+        if not 0.0 < d[key] < 1.0:
+            raise ConfigError(f"data.{key} must lie in (0, 1), got {d[key]!r}")
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction must be < 1, got {d.val_fraction} + "
+            f"{d.test_fraction}"
+        )
+
+
+def make_splits(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
+    """The embedded data or the user's (`data.source`), plus per-example loss weights from
+    `loss.overweight_*`."""
+    d = config.data
+    if d.source:
+        splits = load_source(
+            d.source,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            frames=d.frames,
+            square_size=d.image_size if config.model.pretrain.epochs > 0 else None,
+        )
+    else:
+        splits = generate(
+            num_train=d.num_train,
+            num_val=d.num_val,
+            num_test=d.num_test,
+            frames=d.frames,
+            image_size=d.image_size,
+            noise=d.noise,
+            seed=config.seed,
+            signal=d.signal,
+        )
     for split in splits.values():
         split["weight"] = np.asarray(
             losses.overweight_high_targets(

@@ -1,21 +1,24 @@
-"""What the optical-depth task prints and writes: start-up, report, tables, audit."""
+"""What the optical-depth task prints and writes: start-up, report, tables, audit, figures."""
 
 from __future__ import annotations
 
 import numpy as np
 from ml_collections import ConfigDict
 
+from jaxguard import figures
 from jaxguard.tasks.contract import RunSummary
 from jaxguard.tasks.optical_depth import data as data_lib
 
 
 def startup_lines(config: ConfigDict, splits) -> list[str]:
     target = splits["train"]["target"]
-    return [
+    line = (
         f"train targets: mean {target.mean():.3f}, std {target.std():.3f}, range "
-        f"[{target.min():.2f}, {target.max():.2f}]; oracle R² on test "
-        f"{data_lib.oracle_r2(splits['test']):.3f}"
-    ]
+        f"[{target.min():.2f}, {target.max():.2f}]"
+    )
+    if "oracle" in splits["test"]:  # The generator's; user data (data.source) have none.
+        line += f"; oracle R² on test {data_lib.oracle_r2(splits['test']):.3f}"
+    return [line]
 
 
 def histograms(outputs, batch) -> dict[str, np.ndarray]:
@@ -27,16 +30,22 @@ def collapse_arrays(outputs, batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prediction_table(outputs, batch) -> dict[str, np.ndarray]:
-    return {"true": batch["target"], "predicted": outputs["pred"], "oracle": batch["oracle"]}
+    table = {"true": batch["target"], "predicted": outputs["pred"]}
+    if "oracle" in batch:  # The generator's; user data (data.source) have none.
+        table["oracle"] = batch["oracle"]
+    return table
 
 
 def report_lines(config: ConfigDict, splits, summary: RunSummary) -> list[str]:
     test = summary.test
-    oracle = data_lib.oracle_r2(splits["test"])
+    r2 = f"R² {test['r2']:.4f}"
+    if "oracle" in splits["test"]:  # The generator's; user data (data.source) have none.
+        oracle = data_lib.oracle_r2(splits["test"])
+        r2 += f" (oracle {oracle:.4f}, {test['r2'] / oracle:.1%} of it)"
     return [
         f"optical depth, config {config.task} (seed {config.seed}), workdir {summary.workdir}",
         f"test split: {len(splits['test']['target'])} sequences of {config.data.frames} frames",
-        f"R² {test['r2']:.4f} (oracle {oracle:.4f}, {test['r2'] / oracle:.1%} of it)",
+        r2,
         f"MAE {test['mae']:.4f}  RMSE {test['rmse']:.4f}  MAPE {test['mape']:.1%}",
         f"pred std {test['pred_std']:.4f} vs target std {test['target_std']:.4f} "
         f"(std ratio {test['std_ratio']:.3f}, variance ratio {test['variance_ratio']:.3f})",
@@ -93,3 +102,45 @@ def audit(config: ConfigDict, splits) -> dict:
     ]
     result["recommendations"] = advice
     return result
+
+
+# ----------------------------------------------------------------------------- figures
+
+QUANTITY, UNITS = "optical depth", "dimensionless"
+
+
+def images(outputs, batch) -> dict[str, np.ndarray]:
+    """TensorBoard, each evaluation: validation predictions against the truth."""
+    figure = figures.pred_vs_true(
+        np.asarray(outputs["pred"]),
+        np.asarray(batch["target"]),
+        quantity=QUANTITY,
+        units=UNITS,
+        title="validation: predicted vs true",
+    )
+    return {"val/pred_vs_true": figures.to_rgb(figure)}
+
+
+def run_figures(config: ConfigDict, splits, summary: RunSummary, outputs, batch) -> dict:
+    """Test predictions against the truth (scatter, histograms) and the std ratio per epoch.
+
+    A collapsed model (seed 000) shows as a flat scatter, a narrow prediction histogram
+    and a std ratio far below 1.
+    """
+    del config, splits
+    pred, true = np.asarray(outputs["pred"]), np.asarray(batch["target"])
+    return {
+        "pred_vs_true": figures.pred_vs_true(
+            pred, true, quantity=QUANTITY, units=UNITS, title="test: predicted vs true"
+        ),
+        "histograms": figures.value_histograms(
+            pred, true, quantity=QUANTITY, units=UNITS, title="test: predictions and truths"
+        ),
+        "std_ratio": figures.epoch_curves(
+            summary.history,
+            {"prediction std / target std": "val_std_ratio"},
+            ylabel="std ratio (dimensionless)",
+            title="validation std ratio (collapse drives it to 0)",
+            reference=1.0,
+        ),
+    }

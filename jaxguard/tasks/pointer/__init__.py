@@ -6,7 +6,8 @@ concern: `coords` (the one coordinate convention), `data` (embedded generator, m
 examples), `sources` (user images), `splits` (the splits from the config), `model`
 (`PointerNet`), `loss` (spatial hinge + weighted done BCE, and the seed's discontinuous
 hinge), `metrics` (`PointingMetrics` plus the done head's best guess), `guards`
-(`guard.head_gradient_band`, `guard.done_never_predicted`), `report` (start-up and report
+(`guard.head_gradient_band`, `guard.done_never_predicted`,
+`guard.lenient_threshold`), `report` (start-up and report
 lines, tables, pictures, audit), `render` (the pictures), `checks` (config checks).
 """
 
@@ -22,7 +23,11 @@ TASK = Task(
         ("done p max", "done_prob_max_positive"),
     ),
     diagnostic_keys=("pixel_error_median", "done_prob_mean", "done_prob_std"),
-    guard_names=(guards.HeadGradientBand.name, guards.DoneNeverPredicted.name),
+    guard_names=(
+        guards.HeadGradientBand.name,
+        guards.DoneNeverPredicted.name,
+        guards.LenientThreshold.name,
+    ),
     check_config=checks.check_config,
     make_splits=splits.make_splits,
     make_model=model.make_model,
@@ -39,4 +44,5 @@ TASK = Task(
     make_guards=guards.make_guards,
     startup_lines=report.startup_lines,
     images=report.images,
+    figures=report.run_figures,
 )

@@ -15,11 +15,13 @@ from ml_collections import ConfigDict
 from jaxguard.config import ConfigError
 from jaxguard.tasks.pointer import coords, data, guards, sources
 from jaxguard.tasks.pointer.loss import NORMS, SPATIAL_LOSSES, parse_pos_weight
+from jaxguard.tasks.pointer.model import DONE_INPUTS
 
 # Keys of the task's guard sections (each section is required; `enabled` switches it off).
 GUARD_KEYS = {
     guards.HeadGradientBand.name: ("enabled", "band"),
     guards.DoneNeverPredicted.name: ("enabled", "patience"),
+    guards.LenientThreshold.name: ("enabled", "miss_px", "max_share", "patience"),
 }
 
 
@@ -68,6 +70,7 @@ def _check_model(m: ConfigDict) -> None:
         all(d >= 1 for d in m.dilations),
         f"model.dilations must hold dilations >= 1, got {tuple(m.dilations)}",
     )
+    _choice(m.done_input, "model.done_input", DONE_INPUTS)
 
 
 def _check_loss(cfg: ConfigDict) -> None:
@@ -89,6 +92,9 @@ def _check_guards(guard: ConfigDict) -> None:
             _require(key in guard[name], f"guard.{name}.{key} is missing")
     guards.check_band(guard.head_gradient_band.band)
     guards.check_patience(guard.done_never_predicted.patience)
+    guards.check_miss_px(guard.lenient_threshold.miss_px)
+    guards.check_share(guard.lenient_threshold.max_share)
+    guards.check_patience(guard.lenient_threshold.patience)
 
 
 def check_config(config: ConfigDict) -> None:

@@ -4,8 +4,11 @@
   the x, y and done heads against `band`.
 * `DoneNeverPredicted` (`guard.done_never_predicted`): warns when no done validation example
   gets a done probability above 0.5 for `patience` evaluations in a row.
+* `LenientThreshold` (`guard.lenient_threshold`): warns when more than `max_share` of the
+  validation pointing errors are soft misses (`soft_miss_rate`, see
+  `jaxguard/tasks/pointer/metrics.py`) for `patience` evaluations in a row.
 
-Both sections have `enabled` (default True).
+Each section has `enabled` (default True).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ml_collections import ConfigDict
 from jaxguard.config import ConfigError
 from jaxguard.guards import Evaluation, Guard, GuardEvent, StepInfo
 from jaxguard.metrics import DONE_THRESHOLD
+from jaxguard.tasks.pointer.metrics import soft_zone_px
 from jaxguard.tasks.pointer.model import HEADS
 
 
@@ -185,13 +189,95 @@ class DoneNeverPredicted(Guard):
         self._streak = state["streak"]
 
 
+def check_share(share: Any) -> float:
+    """`guard.lenient_threshold.max_share` as a float in (0, 1); a ConfigError otherwise."""
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
+        raise ConfigError(f"guard.lenient_threshold.max_share must be in (0, 1), got {share!r}")
+    return float(share)
+
+
+def check_miss_px(miss_px: Any) -> None:
+    """`guard.lenient_threshold.miss_px`: None or a positive number of pixels."""
+    if miss_px is None:
+        return
+    if isinstance(miss_px, bool) or not isinstance(miss_px, int | float) or not miss_px > 0:
+        raise ConfigError(
+            f"guard.lenient_threshold.miss_px must be None (two object radii) or a positive "
+            f"number of pixels, got {miss_px!r}"
+        )
+
+
+class LenientThreshold(Guard):
+    """Warns when the spatial loss treats misses as close: a distance threshold too lenient.
+
+    After each evaluation: if more than `max_share` of the validation pointing errors are
+    soft misses (`soft_miss_rate`: the error exceeds `miss_px`, so the prediction is off the
+    object, but stays under the loss threshold, inside the quadratic zone whose gradient
+    shrinks with the error), the streak grows, else it restarts. At `patience` evaluations in
+    a row it warns once, with the figures; only a new streak warns again. Seed 004: threshold
+    0.3 (57 px) "treats a 20 px error as close enough"; errors stuck at 7-30 px until it was cut
+    to 0.1.
+    Under an ambiguous target (two candidate objects) the quadratic zone's minimiser is
+    their average, off both objects, so the share stays high while val loss keeps falling.
+    """
+
+    name = "lenient_threshold"
+    METRICS = ("soft_miss_rate", "pixel_error_median", "pixel_error_count")
+
+    def __init__(self, max_share: float, patience: int, soft_zone_px: tuple[float, float]):
+        self.max_share = check_share(max_share)
+        self.patience = check_patience(patience)
+        self.soft_zone_px = soft_zone_px
+        self._streak = 0
+
+    def check_metrics(self, available: Iterable[str]) -> None:
+        missing = [name for name in self.METRICS if name not in set(available)]
+        if missing:
+            raise ValueError(f"needs the validation metrics {', '.join(missing)}")
+
+    def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
+        return self.update(evaluation.epoch, evaluation.metrics)
+
+    def update(self, epoch: int, metrics: Mapping[str, float]) -> GuardEvent | None:
+        """Counts the evaluation into the streak; warns from `patience` in a row on."""
+        share = metrics["soft_miss_rate"]
+        if math.isnan(share):
+            return None
+        self._streak = self._streak + 1 if share > self.max_share else 0
+        if self._streak != self.patience:
+            return None
+        miss_px, threshold_px = self.soft_zone_px
+        return GuardEvent(
+            self.name,
+            "warn",
+            f"distance threshold too lenient: for {self.patience} evaluations in a row "
+            f"{share:.0%} of the validation pointing errors (limit {self.max_share:.0%}) "
+            f"missed the object (> {miss_px:.0f} px) but stayed inside the loss's quadratic "
+            f"zone (< {threshold_px:.0f} px), where the gradient fades with the error (median "
+            f"error {metrics['pixel_error_median']:.1f} px); lower loss.threshold toward "
+            f"{miss_px:.0f} px",
+            epoch=epoch,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_share": self.max_share, "patience": self.patience, "streak": self._streak}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._streak = state["streak"]
+
+
 def make_guards(config: ConfigDict, splits) -> list[Guard]:
-    """The enabled guards of `guard.head_gradient_band` and `guard.done_never_predicted`."""
+    """The enabled guards of `guard.head_gradient_band`, `guard.done_never_predicted` and
+    `guard.lenient_threshold`."""
     del splits  # The guards read metrics and train-step measurements only.
     band, done = config.guard.head_gradient_band, config.guard.done_never_predicted
+    lenient = config.guard.lenient_threshold
     guards: list[Guard] = []
     if band.enabled:
         guards.append(HeadGradientBand(HEADS, tuple(band.band)))
     if done.enabled:
         guards.append(DoneNeverPredicted(done.patience))
+    if lenient.enabled:
+        zone = soft_zone_px(config)
+        guards.append(LenientThreshold(lenient.max_share, lenient.patience, zone))
     return guards

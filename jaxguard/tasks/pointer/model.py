@@ -24,8 +24,9 @@ the model never sees the unmarked objects' positions.
      added to the coarse position. `done_head` maps the spatial maximum of
      `model.detector`, a 1x1 convolution over the image and marking channels only,
      to the done logit: "done" means no object is left without a mark, evidence that
-     is local to each cell. (Given the whole encoder, the done head memorised the
-     few done training examples instead.)
+     is local to each cell. With `done_input="encoder"` (the seed's design, kept for the
+     zoo's overfitting variant) it maps the spatial maximum of the shared encoder's
+     features instead, and memorises the few done training examples.
 
 Outputs: `xy` `[batch, 2]` normalised `(x, y)`, `done_logit` `[batch]`.
 """
@@ -45,6 +46,7 @@ _NAME = "PointerNet"
 _INPUT_CHANNELS = 5  # Image, marked dots, distance to the tour's current point, x grid, y grid.
 _EVIDENCE_CHANNELS = 2  # The done detector sees the image and the marks only.
 HEADS = ("x_head", "y_head", "done_head")  # The output layers, each a top-level module.
+DONE_INPUTS = ("detector", "encoder")  # What the done head reads (see `PointerNet`).
 
 
 def cell_centres(size: int) -> jax.Array:
@@ -63,6 +65,8 @@ class PointerNet(nnx.Module):
       attention_scale: multiplier of the attention logits, `> 0`: lets a small learning
         rate still sharpen the attention onto one object.
       head_init_std: std of the normal init of the x, y and done head kernels, `>= 0`.
+      done_input: what the done head reads: "detector" (the image and marks through a 1x1
+        convolution) or "encoder" (the shared encoder's features; see the module docstring).
       rngs: the `params` stream.
     """
 
@@ -75,6 +79,7 @@ class PointerNet(nnx.Module):
         mark_sigma: float,
         attention_scale: float,
         head_init_std: float,
+        done_input: str = "detector",
         rngs: nnx.Rngs,
     ):
         for name, value in (
@@ -87,6 +92,10 @@ class PointerNet(nnx.Module):
         _checks.check_positive(_NAME, "head_init_std", head_init_std, allow_zero=True)
         for dilation in dilations:
             _checks.check_positive(_NAME, "dilations", dilation)
+        if done_input not in DONE_INPUTS:
+            raise ValueError(
+                f"{_NAME}: `done_input` must be one of {DONE_INPUTS}, got {done_input!r}"
+            )
         self.work_size = work_size
         self.mark_sigma = mark_sigma
         self.attention_scale = attention_scale
@@ -112,7 +121,11 @@ class PointerNet(nnx.Module):
         head_init = nnx.initializers.normal(stddev=head_init_std)
         self.x_head = nnx.Linear(features, 1, kernel_init=head_init, rngs=rngs)
         self.y_head = nnx.Linear(features, 1, kernel_init=head_init, rngs=rngs)
-        self.detector = nnx.Conv(_EVIDENCE_CHANNELS, features, kernel_size=(1, 1), rngs=rngs)
+        self.detector = (
+            nnx.Conv(_EVIDENCE_CHANNELS, features, kernel_size=(1, 1), rngs=rngs)
+            if done_input == "detector"
+            else None
+        )
         self.done_head = nnx.Linear(features, 1, kernel_init=head_init, rngs=rngs)
 
     def inputs(self, image: jax.Array, objects: jax.Array, num_marked: jax.Array) -> jax.Array:
@@ -169,7 +182,10 @@ class PointerNet(nnx.Module):
         attended = jnp.einsum("bhw,bhwc->bc", weights, features)
         pred_x = coarse_x + self.x_head(attended)[:, 0] / size
         pred_y = coarse_y + self.y_head(attended)[:, 0] / size
-        evidence = nnx.gelu(self.detector(x[..., :_EVIDENCE_CHANNELS]))
+        if self.detector is None:  # done_input="encoder"
+            evidence = features
+        else:
+            evidence = nnx.gelu(self.detector(x[..., :_EVIDENCE_CHANNELS]))
         pooled = jnp.max(evidence, axis=(1, 2))
         return {
             "xy": jnp.stack([pred_x, pred_y], axis=-1),
@@ -187,6 +203,7 @@ def make_model(config: ConfigDict, splits, rngs: nnx.Rngs) -> PointerNet:
         mark_sigma=m.mark_sigma,
         attention_scale=m.attention_scale,
         head_init_std=m.head_init_std,
+        done_input=m.done_input,
         rngs=rngs,
     )
 

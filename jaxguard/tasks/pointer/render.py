@@ -1,14 +1,13 @@
-"""Pictures of pointer predictions for TensorBoard, drawn with NumPy alone.
+"""Pictures of pointer predictions (matplotlib, through `jaxguard.figures`).
 
-`render_example` draws one validation example: the grey input image with its
-marked objects (blue dots, the last marked one magenta), the true next object as
-a green circle, the prediction as a red circle, a yellow line between the two
-centres, and a caption strip below the image with the pixel error and the
-predicted and true done values (`ERR=23PX`, `DONE PRED=0.12 TRUE=0`). Final steps
-(no next object) get no green circle and no line, and `ERR=-`.
+`overlay_figure` draws a few examples side by side: the grey input image (one intensity
+colorbar for all), the marked objects (blue dots, the last marked one magenta), the true next
+object as a green circle, the prediction as a red circle, a yellow line between the two
+centres, a legend, and a title per example with the pixel error and the predicted and true
+done values. Final steps (no next object) get no green circle and no line, and `error -`.
 
-Pixels are addressed as `(column, row)`; points come in normalised coordinates
-and are placed with `coords.normalized_to_pixels`.
+Pixels are addressed as `(column, row)` with pixel centres at integers, as `imshow` draws
+them; points come in normalised coordinates and are placed with `coords.normalized_to_pixels`.
 """
 
 from __future__ import annotations
@@ -16,48 +15,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from matplotlib import colors, patches
+from matplotlib.figure import Figure
 
+from jaxguard import figures
 from jaxguard.tasks.pointer import coords
 
-GREEN = (0, 255, 0)
-RED = (255, 0, 0)
-YELLOW = (255, 255, 0)
-BLUE = (0, 128, 255)
-MAGENTA = (255, 0, 255)
-WHITE = (255, 255, 255)
-
-RING_THICKNESS = 2.0  # Pixels whose centre is within this of the radius, inside it, are drawn.
-MARK_RADIUS = 3.0
-TEXT_SCALE = 2  # Each font pixel becomes a TEXT_SCALE x TEXT_SCALE block.
-
-# A 3 x 5 bitmap font for the captions, rows top to bottom.
-_FONT = {
-    "0": ("111", "101", "101", "101", "111"),
-    "1": ("010", "110", "010", "010", "111"),
-    "2": ("111", "001", "111", "100", "111"),
-    "3": ("111", "001", "111", "001", "111"),
-    "4": ("101", "101", "111", "001", "001"),
-    "5": ("111", "100", "111", "001", "111"),
-    "6": ("111", "100", "111", "101", "111"),
-    "7": ("111", "001", "001", "001", "001"),
-    "8": ("111", "101", "111", "101", "111"),
-    "9": ("111", "101", "111", "001", "111"),
-    ".": ("000", "000", "000", "000", "010"),
-    "=": ("000", "111", "000", "111", "000"),
-    "-": ("000", "000", "111", "000", "000"),
-    " ": ("000", "000", "000", "000", "000"),
-    "A": ("010", "101", "111", "101", "101"),
-    "D": ("110", "101", "101", "101", "110"),
-    "E": ("111", "100", "111", "100", "111"),
-    "N": ("110", "101", "101", "101", "101"),
-    "O": ("111", "101", "101", "101", "111"),
-    "P": ("110", "101", "110", "100", "100"),
-    "R": ("110", "101", "110", "101", "101"),
-    "T": ("111", "010", "010", "010", "010"),
-    "U": ("101", "101", "101", "101", "111"),
-    "X": ("101", "101", "010", "101", "101"),
-}
-_GLYPH_WIDTH, _GLYPH_HEIGHT = 3, 5
+TARGET, PREDICTION, LINE = "tab:green", "tab:red", "gold"
+MARKED, LAST_MARKED = "tab:blue", "magenta"
 
 
 def circle_radius(image_size) -> int:
@@ -65,80 +30,14 @@ def circle_radius(image_size) -> int:
     return max(3, round(min(image_size) / 40))
 
 
-def _distance_to(canvas: np.ndarray, centre) -> np.ndarray:
-    rows, columns = np.indices(canvas.shape[:2])
-    return np.hypot(columns - centre[0], rows - centre[1])
+def caption(pixel_error: float, done_prob: float, done_true: float) -> str:
+    """An example's title, e.g. `error 23 px, done p 0.12 (true 0)`."""
+    error = "-" if not math.isfinite(pixel_error) else f"{pixel_error:.0f} px"
+    return f"error {error}, done p {done_prob:.2f} (true {done_true:.0f})"
 
 
-def draw_ring(canvas: np.ndarray, centre, radius: float, color) -> None:
-    """Colours, in place, the pixels whose centre lies `RING_THICKNESS` or less inside `radius`.
-
-    `centre` is `(column, row)` in pixels (floats allowed).
-    """
-    distance = _distance_to(canvas, centre)
-    canvas[(distance <= radius) & (distance > radius - RING_THICKNESS)] = color
-
-
-def draw_disc(canvas: np.ndarray, centre, radius: float, color) -> None:
-    """Colours, in place, the pixels whose centre lies within `radius` of `centre`."""
-    canvas[_distance_to(canvas, centre) <= radius] = color
-
-
-def draw_line(canvas: np.ndarray, start, end, color) -> None:
-    """Bresenham line between the integer pixels `start` and `end` (`(column, row)`), in place.
-
-    Both end pixels are drawn; pixels outside the canvas are skipped.
-    """
-    (c0, r0), (c1, r1) = (int(v) for v in start), (int(v) for v in end)
-    dc, dr = abs(c1 - c0), -abs(r1 - r0)
-    step_c, step_r = (1 if c1 > c0 else -1), (1 if r1 > r0 else -1)
-    error = dc + dr
-    height, width = canvas.shape[:2]
-    while True:
-        if 0 <= r0 < height and 0 <= c0 < width:
-            canvas[r0, c0] = color
-        if c0 == c1 and r0 == r1:
-            return
-        doubled = 2 * error
-        if doubled >= dr:
-            error += dr
-            c0 += step_c
-        if doubled <= dc:
-            error += dc
-            r0 += step_r
-
-
-def draw_text(canvas: np.ndarray, text: str, corner, color, scale: int = TEXT_SCALE) -> None:
-    """Writes `text` (digits, `.=- ` and the letters of `_FONT`) with its top-left at `corner`.
-
-    Characters are `3 * scale` pixels wide with a `scale`-pixel gap; text that runs off
-    the canvas is cut.
-    """
-    column, row = corner
-    height, width = canvas.shape[:2]
-    for character in text.upper():
-        glyph = _FONT[character]
-        for gy, line in enumerate(glyph):
-            for gx, bit in enumerate(line):
-                if bit == "1":
-                    r, c = row + gy * scale, column + gx * scale
-                    rows = slice(max(r, 0), min(r + scale, height))
-                    canvas[rows, max(c, 0) : min(c + scale, width)] = color
-        column += (_GLYPH_WIDTH + 1) * scale
-
-
-def caption_lines(pixel_error: float, done_prob: float, done_true: float) -> tuple[str, str]:
-    """The two caption lines, e.g. `("ERR=23PX", "DONE PRED=0.12 TRUE=0")`."""
-    error = "-" if not math.isfinite(pixel_error) else f"{pixel_error:.0f}PX"
-    return f"ERR={error}", f"DONE PRED={done_prob:.2f} TRUE={done_true:.0f}"
-
-
-def caption_height(scale: int = TEXT_SCALE) -> int:
-    """Height of the caption strip: two text lines with margins."""
-    return (2 * _GLYPH_HEIGHT + 3) * scale
-
-
-def render_example(
+def draw_example(
+    ax,
     image: np.ndarray,
     objects: np.ndarray,
     num_marked: int,
@@ -146,24 +45,29 @@ def render_example(
     pred_xy: np.ndarray,
     done_true: float,
     done_prob: float,
-) -> np.ndarray:
-    """One example as an `[H + caption, W, 3]` uint8 picture (see the module docstring).
+    norm: colors.Normalize,
+):
+    """Draws one example on `ax`; returns the image artist (for the colorbar).
 
     Args:
-      image: `[H, W]` or `[H, W, 1]` uint8 grey image.
+      ax: a matplotlib axes.
+      image: `[H, W]` or `[H, W, 1]` grey image.
       objects: `[M, 2]` normalised object positions in visiting order.
       num_marked: objects marked in the input (`k`).
       target_xy: `[2]` normalised true next object; ignored when `done_true` is 1.
       pred_xy: `[2]` normalised prediction.
       done_true: 1 when there is no next object, else 0.
       done_prob: predicted done probability.
+      norm: the intensity scale shared by every example of the figure.
     """
-    grey = np.asarray(image, np.uint8).reshape(image.shape[0], image.shape[1])
+    grey = np.asarray(image, np.float64).reshape(image.shape[0], image.shape[1])
     size = grey.shape
-    canvas = np.repeat(grey[..., None], 3, axis=-1)
-    positions = coords.normalized_to_pixels(np.asarray(objects)[:num_marked], size)
-    for i, centre in enumerate(positions):
-        draw_disc(canvas, centre, MARK_RADIUS, MAGENTA if i == num_marked - 1 else BLUE)
+    shown = figures.show_field(ax, grey, cmap="gray", norm=norm)
+    marked = coords.normalized_to_pixels(np.asarray(objects)[:num_marked], size)
+    if num_marked > 1:
+        ax.scatter(*marked[:-1].T, s=12, color=MARKED, label="marked objects")
+    if num_marked:
+        ax.scatter(*marked[-1], s=16, color=LAST_MARKED, label="last marked")
     radius = circle_radius(size)
     pred = coords.normalized_to_pixels(pred_xy, size)
     error = math.nan
@@ -171,13 +75,48 @@ def render_example(
         target = coords.normalized_to_pixels(target_xy, size)
         error = float(coords.pixel_error(pred_xy, target_xy, size))
         if np.all(np.isfinite(pred)):
-            # Why: a wild prediction (1e6 px away) would make Bresenham walk a million steps.
-            reach = 2 * max(size)
-            draw_line(canvas, np.rint(target), np.clip(np.rint(pred), -reach, reach), YELLOW)
-        draw_ring(canvas, target, radius, GREEN)
-    draw_ring(canvas, pred, radius, RED)
-    strip = np.zeros((caption_height(), size[1], 3), np.uint8)
-    first, second = caption_lines(error, done_prob, done_true)
-    draw_text(strip, first, (TEXT_SCALE, TEXT_SCALE), YELLOW)
-    draw_text(strip, second, (TEXT_SCALE, (_GLYPH_HEIGHT + 2) * TEXT_SCALE), WHITE)
-    return np.concatenate([canvas, strip], axis=0)
+            ax.plot(*np.stack([target, pred]).T, color=LINE, linewidth=1)
+        ax.add_patch(
+            patches.Circle(target, radius, fill=False, color=TARGET, lw=1.5, label="true next")
+        )
+    if np.all(np.isfinite(pred)):
+        ax.add_patch(
+            patches.Circle(pred, radius, fill=False, color=PREDICTION, lw=1.5, label="predicted")
+        )
+    ax.set_xlim(-0.5, size[1] - 0.5)  # A wild prediction must not zoom the image away.
+    ax.set_ylim(size[0] - 0.5, -0.5)
+    ax.set_title(caption(error, done_prob, done_true), fontsize="small")
+    return shown
+
+
+def overlay_figure(outputs, batch, indices, *, title: str) -> Figure:
+    """The examples `indices` of a batch drawn side by side, one legend and intensity colorbar.
+
+    Args:
+      outputs: `xy` `[N, 2]` and `done_prob` `[N]` of the model.
+      batch: `image` `[N, H, W, 1]`, `objects` `[N, M, 2]`, `num_marked`, `target_xy`, `done`.
+      indices: the examples drawn.
+      title: the figure title.
+    """
+    images = np.asarray(batch["image"])
+    figure, axes = figures.image_grid(1, len(indices), tile=2.4, extra_height=1.4)
+    norm = colors.Normalize(*figures.finite_range(images[list(indices)], floor=1e-6))
+    for ax, i in zip(axes[0], indices, strict=True):
+        shown = draw_example(
+            ax,
+            images[i],
+            batch["objects"][i],
+            int(batch["num_marked"][i]),
+            batch["target_xy"][i],
+            np.asarray(outputs["xy"][i]),
+            float(batch["done"][i]),
+            float(outputs["done_prob"][i]),
+            norm,
+        )
+    legend = {}
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    figure.legend(list(legend.values()), list(legend), loc="outside upper right", fontsize="small")
+    figures.shared_colorbar(figure, shown, axes, "pixel intensity (0-255)")
+    figure.suptitle(title, x=0.02, ha="left")
+    return figure

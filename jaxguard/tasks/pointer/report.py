@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxguard import losses
+from jaxguard import figures, losses
 from jaxguard.tasks.contract import RunSummary
 from jaxguard.tasks.pointer import coords, data, render
 from jaxguard.tasks.pointer.loss import distance_threshold, done_pos_weight
@@ -116,20 +116,17 @@ def prediction_table(outputs, batch) -> dict[str, np.ndarray]:
 
 
 def images(outputs, batch) -> dict[str, np.ndarray]:
-    """The first `NUM_IMAGES` validation examples, drawn by `render.render_example`."""
-    count = min(NUM_IMAGES, len(batch["done"]))
-    return {
-        f"val_examples/{i}": render.render_example(
-            batch["image"][i],
-            batch["objects"][i],
-            int(batch["num_marked"][i]),
-            batch["target_xy"][i],
-            np.asarray(outputs["xy"][i]),
-            float(batch["done"][i]),
-            float(outputs["done_prob"][i]),
-        )
-        for i in range(count)
-    }
+    """The first `NUM_IMAGES` validation examples, drawn by `render.overlay_figure`."""
+    indices = range(min(NUM_IMAGES, len(batch["done"])))
+    figure = render.overlay_figure(outputs, batch, indices, title="validation examples")
+    return {"val_examples": figures.to_rgb(figure)}
+
+
+def run_figures(config: ConfigDict, splits, summary: RunSummary, outputs, batch) -> dict:
+    """The first `NUM_IMAGES` test examples with the tested weights (`render.overlay_figure`)."""
+    del config, splits, summary
+    indices = range(min(NUM_IMAGES, len(batch["done"])))
+    return {"test_examples": render.overlay_figure(outputs, batch, indices, title="test examples")}
 
 
 # ----------------------------------------------------------------------------- audit

@@ -1,16 +1,20 @@
-"""User data of the pointer task: PNG images and a CSV or JSON file of their objects.
+"""User data of the pointer task: images and a CSV or JSON file of their objects.
 
-`data.source` names the file; the PNG images it lists are read from its folder (relative
-paths):
+`data.source` names the file; the images it lists are read from its folder (relative
+paths) with Pillow, so any format Pillow reads works (PNG, JPEG, TIFF, BMP, GIF, WebP, ...):
 
   CSV: a header with the columns `image`, `column`, `row`, then one row per object,
        an image's rows in visiting order.
   JSON: `{"image.png": [[column, row], ...], ...}`, each list in visiting order.
 
-Positions are pixels, 0-based, the centre of the top-left pixel at `(0, 0)`. Colour
-images are converted to grey (ITU-R 601 luma, alpha dropped); all images must have
-one size. Images are split into train/val/test by a seeded shuffle, so an image
-never appears in two splits; each split holds the examples of `data.make_examples`.
+Positions are pixels, 0-based, the centre of the top-left pixel at `(0, 0)`, given as
+numbers (a JSON string or null, or a CSV cell that is not a number, is refused). Every
+image becomes 8-bit grey `[H, W]` (`read_grey`): grey as is; 16-bit grey scaled to 8 bits
+(`round(v / 257)`); 1-bit as 0/255; palette, RGB, CMYK and YCbCr (JPEG) images through RGB
+to ITU-R 601 luma; alpha dropped; the first frame of an animation or a multi-page file.
+32-bit float images are refused (their range is unknown). All images must have one size.
+Images are split into train/val/test by a seeded shuffle, so an image never appears in two
+splits; each split holds the examples of `data.make_examples`.
 """
 
 from __future__ import annotations
@@ -20,13 +24,19 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 
-from jaxguard import png
 from jaxguard.config import ConfigError
 from jaxguard.tasks.pointer import coords, data
+from jaxguard.tasks.user_files import one_line
 
 SUFFIXES = (".csv", ".json")
 _LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _is_number(value) -> bool:
+    """A JSON number: int or float, not a bool (`true` is not a coordinate), string or null."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _read_coordinates(path: str) -> dict[str, list[tuple[float, float]]]:
@@ -50,6 +60,12 @@ def _read_coordinates(path: str) -> dict[str, list[tuple[float, float]]]:
                 raise ConfigError(
                     f"data.source {path}: image {image}: expected a list of [column, row] pairs"
                 )
+            for index, point in enumerate(points):
+                if not all(_is_number(v) for v in point):
+                    raise ConfigError(
+                        f"data.source {path}: image {image} object {index}: [column, row] = "
+                        f"{json.dumps(point)} are not both numbers"
+                    )
             result[image] = [(float(c), float(r)) for c, r in points]
         return result
     if path.endswith(".csv"):
@@ -96,17 +112,56 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
-def _grey(pixels: np.ndarray) -> np.ndarray:
-    """`[H, W, C]` uint8 -> `[H, W]` uint8 (luma for colour, alpha dropped)."""
-    if pixels.shape[2] <= 2:
-        return pixels[..., 0]
-    return np.clip(np.round(pixels[..., :3] @ _LUMA), 0, 255).astype(np.uint8)
+def _grey(image: Image.Image) -> np.ndarray:
+    """A Pillow image as 8-bit grey `[H, W]` uint8, converted as the module docstring says."""
+    if image.mode in ("L", "LA", "La"):
+        return np.asarray(image.getchannel(0), np.uint8)
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image, np.float64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(
+                f"{image.mode} image holds values outside 0-65535 ({values.min():g} to "
+                f"{values.max():g}); save it as 8- or 16-bit grey"
+            )
+        return np.round(values / 257.0).astype(np.uint8)  # 65535 / 257 = 255
+    if image.mode == "F":
+        raise ValueError("32-bit float image, whose range is unknown; save it as 8- or 16-bit")
+    if image.mode == "1":
+        return np.asarray(image.convert("L"), np.uint8)
+    # Palette, RGB(A), CMYK, YCbCr, ...: RGB by Pillow, then luma in float64 (not Pillow's
+    # fixed-point "L" conversion), rounded once.
+    rgb = np.asarray(image.convert("RGB"), np.float64)
+    return np.clip(np.round(rgb @ _LUMA), 0, 255).astype(np.uint8)
+
+
+def read_grey(path: str) -> np.ndarray:
+    """The image at `path` as 8-bit grey `[H, W]` uint8 (module docstring).
+
+    Raises:
+      ValueError or OSError: the file is not an image Pillow reads, is truncated, or has a mode
+        without a defined grey conversion (32-bit float).
+    """
+    with Image.open(path) as image:
+        image.load()  # Decodes now: a truncated file fails here, not later.
+        return _grey(image)
+
+
+def _image_size(source: str, path: str) -> tuple[int, int]:
+    """`(height, width)` of the image at `path`, read from its header."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ConfigError(
+            f"data.source {source}: image {path}: not a readable image ({one_line(error)})"
+        ) from None
+    return height, width
 
 
 def source_image_size(source: str) -> tuple[int, int]:
     """`(height, width)` of the user images listed in `source` (read from the first one)."""
     first = sorted(_read_coordinates(source))[0]
-    return png.read_size(os.path.join(os.path.dirname(os.path.abspath(source)), first))
+    return _image_size(source, os.path.join(os.path.dirname(os.path.abspath(source)), first))
 
 
 def load_folder(
@@ -142,9 +197,11 @@ def load_folder(
         if not os.path.isfile(path):
             raise ConfigError(f"data.source {source}: image {name} not found (looked for {path})")
         try:
-            pixels = _grey(png.read_png(path))
-        except png.PngError as error:
-            raise ConfigError(f"data.source {source}: {error}") from None
+            pixels = read_grey(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise ConfigError(
+                f"data.source {source}: image {name}: not a readable image ({one_line(error)})"
+            ) from None
         if size is None:
             size, first = pixels.shape, name
         elif pixels.shape != size:

@@ -37,4 +37,6 @@ TASK = Task(
     make_guards=guards.make_guards,
     startup_lines=report.startup_lines,
     export=export.export,
+    images=report.images,
+    figures=report.run_figures,
 )

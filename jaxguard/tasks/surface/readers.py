@@ -23,9 +23,9 @@ import re
 import numpy as np
 
 from jaxguard.config import ConfigError
+from jaxguard.tasks.user_files import is_zarr, one_line
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
-_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")  # zarr format 3, format 2 group, array
 ENTRY_KINDS = ".npy, .npz, multi-page .tif/.tiff, .zarr, or a folder of 2-D .tif slices"
 
 
@@ -33,26 +33,13 @@ def _suffix(path: str) -> str:
     return os.path.splitext(path.rstrip(os.sep))[1].lower()
 
 
-def is_zarr(path: str) -> bool:
-    """Whether `path` is a zarr store on disk: a `.zarr` folder or one with zarr metadata."""
-    if not os.path.isdir(path):
-        return False
-    return _suffix(path) == ".zarr" or any(
-        os.path.exists(os.path.join(path, marker)) for marker in _ZARR_MARKERS
-    )
-
-
 def _natural_key(name: str) -> list:
     """Sort key comparing the digit runs of `name` as numbers: `2.tif` before `10.tif`."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
 def _unreadable(path: str, what: str, error: BaseException) -> ConfigError:
-    return ConfigError(f"data.source: {path}: not a readable {what} ({_one_line(error)})")
+    return ConfigError(f"data.source: {path}: not a readable {what} ({one_line(error)})")
 
 
 def _require(module: str, path: str, what: str):

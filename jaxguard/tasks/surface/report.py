@@ -1,18 +1,25 @@
-"""What the surface task prints and writes: start-up lines, report lines, tables and the audit.
+"""What the surface task prints and writes: start-up and report lines, tables, audit, figures.
 
 The start-up lines quote the training patches' foreground fraction and the focal settings
 next to the seed's figures, and the all-foreground dice every model has to beat; the report
-adds the test figures (the harness writes the shared best-epoch and stop lines).
+adds the test figures (the harness writes the shared best-epoch and stop lines). The slice
+overlays (each evaluation and at the end) and the per-volume dice (from `volume_metrics.json`,
+which `export` writes) are drawn with `jaxguard.figures`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import numpy as np
+from matplotlib import colors
+from matplotlib.figure import Figure
 from ml_collections import ConfigDict
 from scipy import special
 
+from jaxguard import figures
 from jaxguard.tasks.contract import RunSummary
 from jaxguard.tasks.surface.loss import focal_settings
 from jaxguard.tasks.surface.metrics import THRESHOLD, all_foreground_dice
@@ -169,3 +176,107 @@ def audit(config: ConfigDict, splits) -> dict[str, Any]:
             )
     result["recommendations"] = advice
     return result
+
+
+# ----------------------------------------------------------------------------- figures
+
+OVERLAY_PATCHES = 3  # Patches drawn in a slice overlay.
+# Error categories of a voxel: (label, colour), indexed by 2 * truth + prediction.
+ERROR_CATEGORIES = (
+    ("true background", "white"),
+    ("false papyrus", "tab:red"),
+    ("missed papyrus", "tab:blue"),
+    ("true papyrus", "0.75"),
+)
+
+
+def boundary_patches(labels: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` patches whose foreground fraction is closest to 1/2.
+
+    Args:
+      labels: `[N, P, P, P]` true masks. Half-filled patches show the most surface boundary.
+    """
+    fractions = np.asarray(labels, np.float64).reshape(len(labels), -1).mean(axis=1)
+    return np.argsort(np.abs(fractions - 0.5), kind="stable")[:count]
+
+
+def slice_overlays(
+    volume: np.ndarray, labels: np.ndarray, logits: np.ndarray, *, title: str
+) -> Figure:
+    """Middle depth slice of a few patches: image, truth, predicted probability and errors.
+
+    Args:
+      volume: `[K, P, P, P]` CT intensities.
+      labels: `[K, P, P, P]` true papyrus masks (0/1).
+      logits: `[K, P, P, P]` predicted logits.
+      title: the figure title.
+    """
+    middle = volume.shape[1] // 2
+    image, truth = np.asarray(volume)[:, middle], np.asarray(labels)[:, middle] >= 0.5
+    prob = special.expit(np.asarray(logits, np.float64)[:, middle])
+    figure, axes = figures.image_grid(len(image), 4, tile=1.6, extra_height=1.3)
+    intensity = colors.Normalize(*figures.finite_range(image, floor=1e-6))
+    unit = colors.Normalize(0.0, 1.0)
+    category = colors.ListedColormap([c for _, c in ERROR_CATEGORIES])
+    for k in range(len(image)):
+        grey = figures.show_field(axes[k, 0], image[k], cmap="gray", norm=intensity)
+        mask = figures.show_field(axes[k, 1], truth[k], cmap="Greens", norm=unit)
+        shown = figures.show_field(axes[k, 2], prob[k], cmap="magma", norm=unit)
+        errors = 2 * truth[k] + (prob[k] > THRESHOLD)
+        axes[k, 3].imshow(errors, cmap=category, vmin=-0.5, vmax=3.5, interpolation="nearest")
+        axes[k, 0].set_ylabel(f"patch, slice {middle}", fontsize="small")
+    for ax, name in zip(axes[0], ("image", "truth", "predicted", "error"), strict=True):
+        ax.set_title(name, fontsize="small")
+    figures.shared_colorbar(figure, grey, axes[:, 0], "CT intensity (input units)")
+    figures.shared_colorbar(figure, mask, axes[:, 1], "papyrus (0 / 1)")
+    figures.shared_colorbar(figure, shown, axes[:, 2], "papyrus probability")
+    figures.category_legend(
+        axes[-1, 3], dict(ERROR_CATEGORIES), loc="upper center", bbox_to_anchor=(0.5, -0.05)
+    )
+    figure.suptitle(title)
+    return figure
+
+
+def images(outputs, batch) -> dict[str, np.ndarray]:
+    """TensorBoard, each evaluation: slice overlays of the most boundary-rich validation patches."""
+    chosen = boundary_patches(np.asarray(batch["labels"]), OVERLAY_PATCHES)
+    figure = slice_overlays(
+        np.asarray(batch["volume"])[chosen],
+        np.asarray(batch["labels"])[chosen],
+        np.asarray(outputs["logits"])[chosen],
+        title="validation patches",
+    )
+    return {"val/slices": figures.to_rgb(figure)}
+
+
+def run_figures(config: ConfigDict, splits, summary: RunSummary, outputs, batch) -> dict:
+    """Test slice overlays, and per-volume dice against the all-foreground baseline.
+
+    The dice figure reads `volume_metrics.json`, written by `export` before the figures.
+    """
+    del config, splits
+    chosen = boundary_patches(np.asarray(batch["labels"]), OVERLAY_PATCHES)
+    drawn = {
+        "slices": slice_overlays(
+            np.asarray(batch["volume"])[chosen],
+            np.asarray(batch["labels"])[chosen],
+            np.asarray(outputs["logits"])[chosen],
+            title="test patches, middle slice",
+        )
+    }
+    path = os.path.join(summary.workdir, "volume_metrics.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            volumes = json.load(f)["volumes"]
+        drawn["volume_dice"] = figures.bars(
+            [f"volume {i}" for i in range(len(volumes))],
+            {
+                "model": [v["dice"] for v in volumes],
+                "all foreground": [v["all_foreground_dice"] for v in volumes],
+                "model clDice": [v["cldice"] for v in volumes],
+            },
+            ylabel="dice (0 to 1)",
+            title="test volumes: sliding-window masks",
+            ylim=(0.0, 1.0),
+        )
+    return drawn

@@ -12,7 +12,8 @@ volumes; nothing is streamed). `data.source` names one of:
     (`volumes/scroll1/0000.tif, 0001.tif, ...`) stacked in name order, digit runs compared
     as numbers (`jaxguard.tasks.surface.readers` reads them).
 
-Masks must be binary (0/1 or bool). TIFF and zarr need the optional `io` extra
+Volumes must hold real numbers (integers or floats; complex is refused), masks 0/1 as bool,
+integers or floats. TIFF and zarr need the optional `io` extra
 (`pip install 'jaxguard[io]'`: tifffile, zarr >= 3), imported only when such a file is read.
 Every problem with the files (missing, unreadable, a missing array, mismatched shapes, a
 non-binary mask) is a one-line ConfigError that starts with `data.source:` and the path.
@@ -25,9 +26,11 @@ import os
 
 import numpy as np
 
+from jaxguard import _checks
 from jaxguard.config import ConfigError
 from jaxguard.tasks.surface import readers
 from jaxguard.tasks.surface.data import normalise
+from jaxguard.tasks.user_files import is_zarr
 
 
 def _load_folder(source: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -69,8 +72,18 @@ def _stack(array: np.ndarray, path: str, name: str) -> np.ndarray:
     return array
 
 
+def _is_real(array: np.ndarray) -> bool:
+    """Integers or floats: what a volume may hold (not bool, complex, strings or objects)."""
+    return np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+
+
 def check_pair(volume: np.ndarray, mask: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """A validated `(volume, mask)` pair: equal 3-D shapes, finite volume, binary mask.
+    """A validated `(volume, mask)` pair: equal 3-D shapes, finite real volume, binary mask.
+
+    Volume values must be finite and within `±jaxguard._checks.MAX_INPUT_MAGNITUDE` (1e15):
+    one voxel at 1e30 would dominate the normalisation's std and flatten every other voxel to
+    the same float32 value. A complex volume is refused rather than silently cut to its real
+    part.
 
     Returns the volume normalised (float32) and the mask as uint8.
     """
@@ -81,8 +94,27 @@ def check_pair(volume: np.ndarray, mask: np.ndarray, where: str) -> tuple[np.nda
         )
     if volume.ndim != 3:
         raise ConfigError(f"data.source: {where}: volume must be 3-D, got shape {volume.shape}")
-    if not np.issubdtype(volume.dtype, np.number) or not np.isfinite(volume).all():
-        raise ConfigError(f"data.source: {where}: volume must hold finite numbers")
+    if volume.size == 0:
+        raise ConfigError(
+            f"data.source: {where}: volume has shape {volume.shape}, an empty axis; every axis "
+            "must be at least 1"
+        )
+    if not _is_real(volume):
+        hint = (
+            " (keep np.abs(volume) or volume.real explicitly)" if volume.dtype.kind == "c" else ""
+        )
+        raise ConfigError(
+            f"data.source: {where}: volume has dtype {volume.dtype}; expected real numbers "
+            f"(integers or floats){hint}"
+        )
+    problem = _checks.input_value_problem("volume", volume)
+    if problem:
+        raise ConfigError(f"data.source: {where}: {problem}")
+    if not (_is_real(mask) or mask.dtype == bool):
+        raise ConfigError(
+            f"data.source: {where}: mask has dtype {mask.dtype}; expected 0/1 as bool, integers "
+            "or floats"
+        )
     values = np.unique(mask)
     if not np.isin(values, (0, 1)).all():
         shown = ", ".join(f"{v:g}" for v in values[:6].astype(np.float64))
@@ -104,7 +136,7 @@ def load_volumes(source: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """
     if not os.path.exists(source):
         raise ConfigError(f"data.source: {source} not found")
-    if os.path.isdir(source) and not readers.is_zarr(source):
+    if os.path.isdir(source) and not is_zarr(source):
         return _load_folder(source)
     volume, mask = readers.read_source_file(source)
     volumes = _stack(volume, source, "volume")

@@ -4,14 +4,14 @@ import csv
 import io
 import os
 import struct
-import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 from tensorboardX.proto import event_pb2
 
 from jaxguard import config as config_lib
-from jaxguard import sample, trainer
+from jaxguard import figures, sample, trainer
 from jaxguard.tasks.cvae import TASK, panel
 from jaxguard.writers import Console
 
@@ -155,36 +155,23 @@ def test_sample_cli_on_user_predictors_and_its_errors(cvae_run, tmp_path):
         sample.main(["--run", workdir, "--indices", "0,9999"])
 
 
-def _decode_png(data: bytes) -> np.ndarray:
-    """Independent reader for the subset we write: checks every CRC, undoes filter type 0."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    offset, chunks = 8, []
-    while offset < len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        kind = data[offset + 4 : offset + 8]
-        body = data[offset + 8 : offset + 8 + length]
-        (crc,) = struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])
-        assert crc == zlib.crc32(kind + body)
-        chunks.append((kind, body))
-        offset += 12 + length
-    assert [k for k, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
-    width, height, depth, colour, *_ = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, colour) == (8, 2)
-    raw = np.frombuffer(zlib.decompress(chunks[1][1]), np.uint8).reshape(height, 1 + 3 * width)
-    assert np.all(raw[:, 0] == 0)
-    return raw[:, 1:].reshape(height, width, 3)
-
-
-def test_panel_png_holds_the_rendered_panel(cvae_run):
-    config, workdir, _, _ = cvae_run
+def test_panel_png_and_the_run_figures_decode_at_their_figure_sizes(cvae_run):
+    _, workdir, summary, console = cvae_run
     with np.load(os.path.join(workdir, "samples", "ensemble.npz")) as saved:
-        expected = panel.render_panel(
-            saved["y"], saved["x"], saved["samples"], threshold=float(saved["threshold"])
+        expected = panel.panel_figure(
+            saved["y"], saved["x"], saved["samples"], threshold=float(saved["threshold"]), title="t"
         )
-    with open(os.path.join(workdir, "samples", "panel.png"), "rb") as f:
-        decoded = _decode_png(f.read())
-    np.testing.assert_array_equal(decoded, np.round(expected * 255).astype(np.uint8))
-    # 2 rows of (3 predictors + truth + 3 samples) tiles of 16 px zoomed 3x.
-    assert decoded.shape == (2 * 48 + 4, 7 * 48 + 6 * 2, 3)
-    red = np.all(decoded == np.round(np.array([0.85, 0.10, 0.10]) * 255), axis=-1)
-    assert red[:, 3 * 50 : 4 * 50].any()  # the truth tile of the heaviest day shows extremes
+    width, height = expected.get_size_inches() * figures.DPI
+    with Image.open(os.path.join(workdir, "samples", "panel.png")) as image:
+        assert (image.format, image.size) == ("PNG", (int(width), int(height)))
+    names = ["learning_curves"]
+    if "rank_histogram" in summary["test"]:
+        names += ["rank_histogram", "reliability"]
+    with open(os.path.join(workdir, "log.csv")) as f:
+        if "val_spread" in f.readline().split(","):
+            names.append("spread_skill")
+    assert sorted(os.listdir(os.path.join(workdir, "figures"))) == sorted(f"{n}.png" for n in names)
+    for name in names:
+        with Image.open(os.path.join(workdir, "figures", f"{name}.png")) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    assert f"figures: {os.path.join(workdir, 'figures')}/" in console

@@ -57,6 +57,16 @@ def test_bundled_configs_pass(variant):
         (["guard.active_units.activity_threshold=-0.1"], "guard.active_units.activity_threshold"),
         (["guard.active_units.start_epoch=-1"], "guard.active_units.start_epoch"),
         (["guard.volatility.max_jump=-0.5"], "guard.volatility.max_jump"),
+        (["data.field_var="], "data.field_var must be a variable name, got ''"),
+        (["data.predictor_vars=()"], "data.predictor_vars must list one or more distinct"),
+        (["data.predictor_vars=('u', 'u')"], "data.predictor_vars must list one or more distinct"),
+        (["data.time_dim="], "data.time_dim must be a dim name"),
+        (["data.fine_dims=('lat',)"], "data.fine_dims must be two dim names (y axis, x axis)"),
+        (["data.coarse_dims=('lat', 3)"], "data.coarse_dims must be two dim names"),
+        (
+            ["data.coarse_dims=('lat', 'lon')"],
+            "data.time_dim, data.fine_dims and data.coarse_dims must be five distinct names",
+        ),
     ],
 )
 def test_a_bad_value_is_one_config_error_naming_the_key(overrides, key):
@@ -64,6 +74,14 @@ def test_a_bad_value_is_one_config_error_naming_the_key(overrides, key):
         config_lib.load_config(SMALL, overrides)
     message = str(error.value)
     assert message.startswith(key) and "\n" not in message
+
+
+def test_netcdf_names_can_be_set_from_the_command_line():
+    config = config_lib.load_config(
+        SMALL,
+        ["data.field_var=pr", "data.predictor_vars=('psl', 'q')", "data.fine_dims=('y', 'x')"],
+    )
+    assert config.data.field_var == "pr" and tuple(config.data.predictor_vars) == ("psl", "q")
 
 
 @pytest.mark.parametrize(

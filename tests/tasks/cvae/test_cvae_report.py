@@ -3,11 +3,12 @@
 import math
 import os
 
+import numpy as np
 import pytest
 
 from jaxguard import config as config_lib
 from jaxguard.tasks.contract import RunSummary
-from jaxguard.tasks.cvae import TASK
+from jaxguard.tasks.cvae import TASK, report
 from jaxguard.tasks.cvae.report import volatility_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -81,3 +82,24 @@ def test_report_lines_give_the_kl_weight_at_the_best_epoch_and_leave_shared_line
     assert "stopped by" not in text and "s of training" not in text  # the harness's lines
     later = TASK.report_lines(config, splits, _summary(2, _history([3.0, 2.0, 2.5])))
     assert "KL weight at the best epoch (2): 100% of loss.beta" in later
+
+
+def test_ensemble_figures_draw_what_the_scores_and_history_hold():
+    assert report.ensemble_figures({"mae_all": 1.0}, ({"epoch": 0, "val_loss": 1.0},), 50.0) == {}
+    shares = np.array([0.4, 0.1, 0.1, 0.4])  # U-shaped: too narrow an ensemble.
+    scores = {
+        "rank_histogram": list(shares),
+        "reliability_observed": [0.0, 0.2, np.nan, 0.9],
+        "reliability_counts": [50.0, 5.0, 0.0, 5.0],
+    }
+    history = tuple(
+        {"epoch": e, "val_spread": 1.0 + e, "val_ensemble_mean_rmse": 3.0} for e in range(3)
+    )
+    drawn = report.ensemble_figures(scores, history, 50.0)
+    assert list(drawn) == ["rank_histogram", "reliability", "spread_skill"]
+    bars = [p.get_height() for p in drawn["rank_histogram"].axes[0].patches]
+    np.testing.assert_allclose(bars, shares)
+    assert drawn["reliability"].axes[0].get_title() == "test: reliability of exceeding 50 mm/day"
+    [spread, skill] = [line for line in drawn["spread_skill"].axes[0].get_lines()]
+    np.testing.assert_allclose(spread.get_ydata(), [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(skill.get_ydata(), [3.0, 3.0, 3.0])

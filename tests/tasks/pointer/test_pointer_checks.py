@@ -9,9 +9,9 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxguard import config as config_lib
-from jaxguard.png import write_png
 from jaxguard.tasks.pointer import TASK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -71,7 +71,7 @@ def test_the_default_and_every_variant_pass(load_small):
 
 def test_user_data_fractions_are_checked_when_a_source_is_set(tmp_path, load_small):
     for name in ("a.png", "b.png", "c.png"):
-        write_png(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
     source = tmp_path / "objects.json"
     source.write_text(json.dumps({n: [[1, 1]] for n in ("a.png", "b.png", "c.png")}))
     config = load_small(f"data.source={source}", "data.num_train=0")  # Unused with a source.

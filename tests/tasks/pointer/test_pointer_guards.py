@@ -105,10 +105,62 @@ def test_make_guards_follows_the_guard_sections(small, load_small):
         "early_stopping",
     )
     off = load_small(
-        "guard.head_gradient_band.enabled=False", "guard.done_never_predicted.enabled=False"
+        "guard.head_gradient_band.enabled=False",
+        "guard.done_never_predicted.enabled=False",
+        "guard.lenient_threshold.enabled=False",
     )
     assert guards.make_guards(off, splits) == []
-    only_done = load_small("guard.head_gradient_band.enabled=False")
+    only_done = load_small(
+        "guard.head_gradient_band.enabled=False", "guard.lenient_threshold.enabled=False"
+    )
     assert [guard.name for guard in guards.make_guards(only_done, splits)] == [
         "done_never_predicted"
     ]
+
+
+def _soft_figures(share: float, median: float = 20.0) -> dict:
+    return {"soft_miss_rate": share, "pixel_error_median": median, "pixel_error_count": 100.0}
+
+
+def test_lenient_threshold_warns_after_patience_evaluations_of_soft_misses():
+    guard = guards.LenientThreshold(0.35, 3, (12.0, 115.0))
+    guard.check_metrics(metrics.PointerMetrics.empty((64, 64)).compute())
+    # The lenient variant's shape: most misses inside the 115 px zone from the start.
+    events = [guard.update(epoch, _soft_figures(0.55)) for epoch in range(4)]
+    assert events[:2] == [None, None]
+    assert events[2].level == "warn" and events[2].epoch == 2
+    assert "55%" in events[2].message and "> 12 px" in events[2].message
+    assert "< 115 px" in events[2].message and "loss.threshold" in events[2].message
+    assert events[3] is None  # Once per streak: the console is not flooded.
+    restored = guards.LenientThreshold(0.35, 3, (12.0, 115.0))
+    restored.load_state_dict(guard.state_dict())
+    assert restored.state_dict() == guard.state_dict()  # The streak survives a resume.
+    # One evaluation at or under the limit restarts the streak; NaN (no pointing step) is
+    # no evidence either way; a new streak warns again.
+    assert guard.update(5, _soft_figures(0.35)) is None
+    assert guard.update(6, _soft_figures(float("nan"))) is None
+    assert [guard.update(e, _soft_figures(0.6)) for e in (7, 8)] == [None, None]
+    assert guard.update(9, _soft_figures(0.6)).epoch == 9
+
+
+def test_lenient_threshold_stays_silent_on_a_healthy_sequence():
+    # The healthy twin's shape: soft misses high in the first evaluations, then 10-20%.
+    guard = guards.LenientThreshold(0.35, 3, (12.0, 38.0))
+    shares = [0.6, 0.5, 0.3, 0.2, 0.15, 0.5, 0.12, 0.1]
+    assert all(guard.update(e, _soft_figures(s)) is None for e, s in enumerate(shares))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("max_share", 1.5, "guard.lenient_threshold.max_share must be in"),
+        ("max_share", 0, "guard.lenient_threshold.max_share must be in"),
+        ("miss_px", -2.0, "guard.lenient_threshold.miss_px must be None"),
+        ("patience", 0, "patience"),
+    ],
+)
+def test_lenient_threshold_settings_are_checked_when_the_config_loads(
+    load_small, key, value, match
+):
+    with pytest.raises(config_lib.ConfigError, match=match):
+        load_small(f"guard.lenient_threshold.{key}={value}")

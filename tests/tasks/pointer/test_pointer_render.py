@@ -1,116 +1,77 @@
-"""Pictures of pointer predictions: the circles, the line and the caption at the right pixels."""
+"""Pictures of pointer predictions: the circles, the line and the marks at the right pixels,
+one legend and one intensity colorbar, and a PNG of the figure's size."""
 
-import hypothesis.strategies as st
 import numpy as np
-from hypothesis import given, settings
+from PIL import Image
 
+from jaxguard import figures
 from jaxguard.tasks.pointer import coords, render
 
-GREY = (50, 50, 50)
+SIZE = (64, 64)
 
 
-def _canvas(size=40):
-    return np.zeros((size, size, 3), np.uint8)
-
-
-def test_ring_covers_the_band_inside_the_radius():
-    canvas = _canvas()
-    render.draw_ring(canvas, (20, 20), 10, render.GREEN)
-    drawn = np.all(canvas == render.GREEN, axis=-1)
-    rows, columns = np.indices(drawn.shape)
-    distance = np.hypot(columns - 20, rows - 20)
-    np.testing.assert_array_equal(drawn, (distance <= 10) & (distance > 8))
-    assert drawn[20, 30] and drawn[20, 29] and not drawn[20, 28] and not drawn[20, 20]
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.tuples(*[st.integers(-5, 45)] * 4))
-def test_bresenham_line_is_the_closest_8_connected_path(ends):
-    c0, r0, c1, r1 = ends
-    canvas = np.zeros((60, 60, 3), np.uint8)
-    shift = 8  # Keep the whole line on the canvas to see every pixel.
-    render.draw_line(canvas, (c0 + shift, r0 + shift), (c1 + shift, r1 + shift), render.YELLOW)
-    rows, columns = np.nonzero(np.all(canvas == render.YELLOW, axis=-1))
-    columns, rows = columns - shift, rows - shift
-    major = max(abs(c1 - c0), abs(r1 - r0))
-    assert len(columns) == major + 1  # one pixel per step along the major axis
-    assert {(c0, r0), (c1, r1)} <= set(zip(columns.tolist(), rows.tolist(), strict=True))
-    # Every pixel lies within half a pixel of the ideal line along the minor axis.
-    if major:
-        if abs(c1 - c0) >= abs(r1 - r0):
-            ideal = r0 + (columns - c0) * (r1 - r0) / (c1 - c0)
-            assert np.all(np.abs(rows - ideal) <= 0.5 + 1e-9)
-        else:
-            ideal = c0 + (rows - r0) * (c1 - c0) / (r1 - r0)
-            assert np.all(np.abs(columns - ideal) <= 0.5 + 1e-9)
-
-
-def test_line_by_hand_and_clipping():
-    canvas = _canvas(10)
-    render.draw_line(canvas, (0, 0), (5, 2), render.RED)
-    drawn = sorted(zip(*np.nonzero(np.all(canvas == render.RED, -1))[::-1], strict=True))
-    assert drawn == [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2), (5, 2)]
-    render.draw_line(canvas, (-20, 5), (30, 5), render.BLUE)  # off both edges: no error
-    assert np.all(canvas[5] == render.BLUE)  # the whole visible row
-
-
-def test_text_draws_the_glyph_bitmap():
-    canvas = _canvas(12)
-    render.draw_text(canvas, "7", (1, 1), render.WHITE, scale=2)
-    drawn = np.all(canvas == render.WHITE, -1)
-    glyph = np.array([[bit == "1" for bit in line] for line in ("111", "001", "001", "001", "001")])
-    expected = np.zeros_like(drawn)
-    expected[1:11, 1:7] = np.kron(glyph, np.ones((2, 2), bool))
-    np.testing.assert_array_equal(drawn, expected)
-
-
-def _example(done_true=0.0):
-    size = (64, 64)
-    image = np.full((*size, 1), 50, np.uint8)
-    objects = coords.pixels_to_normalized(np.array([[5, 5], [10, 50], [20, 30]]), size)
-    target = coords.pixels_to_normalized(np.array([20, 30]), size)
-    pred = coords.pixels_to_normalized(np.array([40, 30]), size)
-    return render.render_example(image, objects, 2, target, pred, done_true, 0.123)
-
-
-def test_example_has_circles_line_marks_and_caption_in_place():
-    picture = _example()
-    radius = render.circle_radius((64, 64))
-    assert picture.shape == (64 + render.caption_height(), 64, 3) and picture.dtype == np.uint8
-    colour = {
-        tuple(int(v) for v in picture[row, column]): (column, row)
-        for row in range(64)
-        for column in range(64)
+def _example(done_true=0.0, pred_px=(40, 30)):
+    """One example: objects at pixels (5, 5), (10, 50), (20, 30), two marked; next (20, 30)."""
+    objects = coords.pixels_to_normalized(np.array([[5, 5], [10, 50], [20, 30]]), SIZE)
+    batch = {
+        "image": np.full((1, *SIZE, 1), 50, np.uint8),
+        "objects": objects[None],
+        "num_marked": np.array([2]),
+        "target_xy": coords.pixels_to_normalized(np.array([[20, 30]]), SIZE),
+        "done": np.array([done_true]),
     }
-    assert set(colour) == {
-        GREY,
-        render.GREEN,
-        render.RED,
-        render.YELLOW,
-        render.BLUE,
-        render.MAGENTA,
+    outputs = {
+        "xy": coords.pixels_to_normalized(np.array([pred_px], np.float64), SIZE),
+        "done_prob": np.array([0.123]),
     }
-    # Ground truth at (20, 30): green ring; prediction at (40, 30): red ring; yellow between.
-    for column, row in [(20 - radius, 30), (20, 30 - radius), (20, 30 + radius)]:
-        assert tuple(picture[row, column]) == render.GREEN
-    for column, row in [(40 + radius, 30), (40, 30 - radius), (40 - radius, 30)]:
-        assert tuple(picture[row, column]) == render.RED
-    assert np.all(picture[30, 20 + radius + 1 : 40 - radius] == render.YELLOW)
-    assert tuple(picture[30, 20]) == render.YELLOW  # the line starts at the target centre
-    # Marked objects: the first blue, the second (last marked) magenta; the third is unmarked.
-    assert tuple(picture[5, 5]) == render.BLUE and tuple(picture[50, 10]) == render.MAGENTA
-    assert tuple(picture[2, 60]) == GREY
-    # Caption: "ERR=20PX" in yellow, its "E" starting at (2, 2) of the strip.
-    assert render.caption_lines(20.0, 0.123, 0.0) == ("ERR=20PX", "DONE PRED=0.12 TRUE=0")
-    strip = picture[64:]
-    assert tuple(strip[2, 2]) == render.YELLOW and tuple(strip[2, 7]) == render.YELLOW
-    assert np.any(np.all(strip == render.WHITE, -1))
+    return outputs, batch
+
+
+def _circles(ax):
+    return {p.get_label(): p for p in ax.patches}
+
+
+def test_example_has_circles_line_and_marks_in_place():
+    figure = render.overlay_figure(*_example(), [0], title="t")
+    ax = figure.axes[0]
+    circles = _circles(ax)
+    radius = render.circle_radius(SIZE)
+    np.testing.assert_allclose(circles["true next"].center, (20, 30), atol=1e-9)
+    np.testing.assert_allclose(circles["predicted"].center, (40, 30), atol=1e-9)
+    assert circles["true next"].radius == radius == circles["predicted"].radius
+    [line] = ax.get_lines()
+    np.testing.assert_allclose(np.stack(line.get_data(), axis=1), [[20, 30], [40, 30]])
+    marks = {c.get_label(): c.get_offsets().data for c in ax.collections}
+    np.testing.assert_allclose(marks["marked objects"], [[5, 5]])
+    np.testing.assert_allclose(marks["last marked"], [[10, 50]])  # The third is not marked.
+    assert ax.get_title() == "error 20 px, done p 0.12 (true 0)"
+    [legend] = figure.legends
+    assert {t.get_text() for t in legend.get_texts()} == {
+        "marked objects",
+        "last marked",
+        "true next",
+        "predicted",
+    }
+    assert figure.axes[-1].get_xlabel() == "pixel intensity (0-255)"  # The shared colorbar.
 
 
 def test_final_step_has_no_target_circle_nor_line():
-    picture = _example(done_true=1.0)
-    image = picture[:64]
-    assert not np.any(np.all(image == render.GREEN, -1))
-    assert not np.any(np.all(image == render.YELLOW, -1))
-    assert np.any(np.all(image == render.RED, -1))
-    assert render.caption_lines(np.nan, 0.9, 1.0) == ("ERR=-", "DONE PRED=0.90 TRUE=1")
+    figure = render.overlay_figure(*_example(done_true=1.0), [0], title="t")
+    ax = figure.axes[0]
+    assert set(_circles(ax)) == {"predicted"} and not ax.get_lines()
+    assert ax.get_title() == "error -, done p 0.12 (true 1)"
+
+
+def test_a_wild_prediction_keeps_the_image_in_view(tmp_path):
+    figure = render.overlay_figure(*_example(pred_px=(1e6, -1e6)), [0], title="t")
+    ax = figure.axes[0]
+    assert ax.get_xlim() == (-0.5, 63.5) and ax.get_ylim() == (63.5, -0.5)
+    figures.save_png(figure, str(tmp_path / "wild.png"))
+    with Image.open(tmp_path / "wild.png") as image:
+        width, height = figure.get_size_inches() * figures.DPI
+        assert image.size == (int(width), int(height))
+
+
+def test_caption_and_circle_radius():
+    assert render.caption(23.4, 0.5, 0.0) == "error 23 px, done p 0.50 (true 0)"
+    assert render.circle_radius((384, 384)) == 10 and render.circle_radius((32, 64)) == 3

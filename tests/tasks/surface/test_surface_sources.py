@@ -13,6 +13,7 @@ import tifffile
 import zarr
 
 from jaxguard import config as config_lib
+from jaxguard import train
 from jaxguard.config import ConfigError
 from jaxguard.tasks.surface import data as data_lib
 from jaxguard.tasks.surface import sources
@@ -108,6 +109,52 @@ def test_non_finite_volume_is_reported(tmp_path):
     path = tmp_path / "nan.npz"
     np.savez(path, volume=volumes, mask=masks)
     _expect_config_error(path, "finite")
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("string mask", r"mask has dtype <U\d; expected 0/1 as bool, integers or floats"),
+        (
+            "complex volume",
+            r"volume has dtype complex64; expected real numbers \(integers or "
+            r"floats\) \(keep np.abs\(volume\) or volume.real explicitly\)",
+        ),
+        ("bool volume", r"volume has dtype bool; expected real numbers"),
+        ("empty volume", r"volume has shape \(0, 16, 16\), an empty axis"),
+        (
+            "pickled volume",
+            r"bad.npz: not a readable .npz file \(ValueError: Object arrays cannot "
+            r"be loaded when allow_pickle=False\)",
+        ),
+        # Refused, not normalised: the outlier's std would flatten every other voxel to one
+        # float32 value (issue 14's x = 1e30).
+        (
+            "huge value",
+            r"bad.npz\[0\]: volume holds 1 values beyond ±1e\+15 \(first at index "
+            r"\(3, 4, 5\): 1e\+30\)",
+        ),
+    ],
+)
+def test_bad_arrays_are_one_line_naming_the_file(tmp_path, case, message):
+    volumes, masks = _pairs(3)
+    arrays = {"volume": volumes, "mask": masks}
+    if case == "string mask":
+        arrays["mask"] = masks.astype(str)  # "0"/"1" text, e.g. read from a CSV
+    elif case == "complex volume":
+        arrays["volume"] = volumes.astype(np.complex64) * (1 + 1j)
+    elif case == "bool volume":
+        arrays["volume"] = volumes > 7
+    elif case == "empty volume":
+        arrays = {"volume": volumes[:, :0], "mask": masks[:, :0]}
+    elif case == "pickled volume":
+        arrays["volume"] = np.array([volumes[0], "scan"], dtype=object)
+    elif case == "huge value":
+        arrays["volume"] = volumes.astype(np.float64)
+        arrays["volume"][0, 3, 4, 5] = 1e30
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    _expect_config_error(path, message, names=path)
 
 
 def test_too_few_volumes_for_the_splits(tmp_path):
@@ -403,4 +450,23 @@ def test_missing_optional_package_says_how_to_install_it(tmp_path, monkeypatch, 
         tmp_path,
         f"needs the {module} package, which is not installed; pip install 'jaxguard\\[io\\]'",
         names=mask_dir / mask_name,
+    )
+
+
+def test_cli_prints_one_line_and_exits_2_on_a_complex_volume(tmp_path, capsys):
+    # The same path as `python -m jaxguard.train`: the data are read before anything compiles.
+    volumes, masks = _pairs(3)
+    path = tmp_path / "complex.npz"
+    np.savez(path, volume=volumes.astype(np.complex64), mask=masks)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(
+            ["--cfg", SMALL, f"--cfg.data.source={path}", "--workdir", str(tmp_path / "run")]
+        )
+    assert exit_info.value.code == train.CONFIG_ERROR_EXIT
+    # (Other lines may be warnings of the tests before, about JAX having run in this process.)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith(
+        f"error: data.source: {path}[0]: volume has dtype complex64; expected real numbers"
     )
