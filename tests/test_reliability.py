@@ -249,7 +249,8 @@ elif kind == "permissions" and os.geteuid() == 0:
     libc = ctypes.CDLL(None, use_errno=True)
     for capability in (1, 2):
         if libc.prctl(24, capability, 0, 0, 0) != 0:
-            sys.exit(f"prctl(PR_CAPBSET_DROP, {capability}): errno {ctypes.get_errno()}")
+            print(f"prctl(PR_CAPBSET_DROP) failed: errno {ctypes.get_errno()}", file=sys.stderr)
+            sys.exit(77)
 os.execv(command[0], command)
 """
 
@@ -277,8 +278,9 @@ def test_a_full_disk_ends_in_one_line_and_the_resume_finishes_the_run(reference,
     """Files stop at 8000 bytes: the event file reaches it at epoch 2, after two checkpoints."""
     result = run_train(tmp_path, limit=("fsize", "8000"))
     assert result.returncode == 1, result.stderr
-    tensorboard = tmp_path / "tensorboard"
-    assert error_lines(result.stderr) == [f"error: {tensorboard}: File too large"]
+    # tensorboard/ with tensorboardX 2.6 (its event file names no path of its own).
+    (line,) = error_lines(result.stderr)
+    assert line.startswith(f"error: {tmp_path}") and line.endswith(": File too large"), line
     assert committed_steps(str(tmp_path / "checkpoints" / "latest"))  # Kept, and used:
     resumed = run_train(tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -289,6 +291,10 @@ def test_a_workdir_without_write_permission_is_one_line_and_exit_1(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir(mode=0o555)
     result = run_train(workdir, limit=("permissions", "-"))
+    if result.returncode == 77:
+        pytest.skip(
+            f"root without CAP_SETPCAP cannot give up its permission bypass: {result.stderr}"
+        )
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [
         f"error: {workdir / 'config.json.tmp'}: Permission denied"
