@@ -427,12 +427,17 @@ def test_batch_terms_match_float64_at_extreme_scales(rng, fn, reference, scale):
         _assert_gradient_of(grad, ref)
 
 
+@pytest.mark.parametrize("size", [4096, _LARGE], ids=["small", "large"])
 @pytest.mark.parametrize("scale", SCALES)
-def test_variance_penalty_at_extreme_scales_sparse_and_outlying(rng, scale):
-    """Nine sampled elements that say nothing of the scale: the largest deviation sets it."""
-    sparse = np.zeros(4096, np.float32)
-    sparse[rng.choice(4096, 40, replace=False)] = scale * rng.gamma(2.0, 1.0, 40)
-    outlying = (scale * 1e-25 * rng.normal(size=4096)).astype(np.float32)
+def test_variance_penalty_at_extreme_scales_sparse_and_outlying(rng, scale, size):
+    """Nine sampled elements that say nothing of the scale: the largest deviation sets it.
+
+    Below 2**16 elements that is always so; from there the sampled scale fails (nine zeros,
+    or an outlier whose square overflows in its units) and the second pass is taken.
+    """
+    sparse = np.zeros(size, np.float32)
+    sparse[rng.choice(size, 40, replace=False)] = scale * rng.gamma(2.0, 1.0, 40)
+    outlying = (scale * 1e-25 * rng.normal(size=size)).astype(np.float32)
     outlying[7] = scale
     for target in (sparse, outlying):
         pred = (0.5 * target).astype(np.float32)
