@@ -105,5 +105,6 @@ if __name__ == "__main__":
             raise
         # After an I/O failure, tensorboardX's exit hook and writer thread would retry the
         # failed file and print tracebacks under the one-line error: leave without them.
+        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(RUN_ERROR_EXIT)
