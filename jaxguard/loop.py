@@ -105,7 +105,8 @@ def pause_point(point: str, interrupt: Interrupt) -> None:
     Prints `JAXGUARD_TEST_PAUSED <point>:<n>` to stderr and sleeps until a signal arrives
     (SIGKILL ends it; SIGTERM/SIGINT resume the run, which then stops as on any signal). The
     points: `step` (after each train step), `save` (before a checkpoint is written),
-    `between_latest_and_best` (latest committed, best not yet).
+    `between_latest_and_best` (latest committed, best not yet), `evaluate` (after each
+    validation pass) and `report` (test done, outputs not yet written; `trainer.finish_run`).
     """
     wanted = os.environ.get(PAUSE_ENV)
     if not wanted:
@@ -300,6 +301,7 @@ def evaluate_epoch(run: Run):
         config.eval.batch_size,
         run.shard,
     )
+    pause_point("evaluate", run.interrupt)
     # Placed like the rest of the state: an uncommitted array would recompile the step.
     plateau_value = jax.device_put(jnp.asarray(val["loss"], jnp.float32), run.replicated)
     run.state = run.state.replace(plateau_value=plateau_value)

@@ -18,6 +18,7 @@ Before training, host memory is tuned for XLA:CPU (`jaxguard.host_memory`;
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -62,6 +63,9 @@ def train(args, overrides: list[str], argv: list[str]) -> dict:
             return trainer.train_and_evaluate(
                 config, workdir, resume=args.resume, interrupt=interrupt
             )
+        except OSError as error:
+            error.filename = error.filename or workdir  # A write to an open file names no path.
+            raise
         except RunInterrupted as stopped:
             name = signal.Signals(stopped.signum).name
             print(
@@ -94,4 +98,13 @@ def error_line(error: Exception) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as done:
+        if done.code != RUN_ERROR_EXIT:
+            raise
+        # After an I/O failure, tensorboardX's exit hook and writer thread would retry the
+        # failed file and print tracebacks under the one-line error: leave without them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(RUN_ERROR_EXIT)

@@ -40,6 +40,7 @@ from jaxguard.loop import (
     RunStopped,
     consult_guards,
     evaluate_epoch,
+    pause_point,
     periodic_actions,
     raise_interrupted,
     save_checkpoint,
@@ -497,6 +498,7 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
     report = task.report_lines(config, run.splits, summary)
     report += run_outputs.shared_report_lines(summary) + notes + export_lines
     table = task.prediction_table(test_outputs, test_batches)
+    pause_point("report", run.interrupt)
     run_outputs.write_outputs(run.workdir, summary, table, report)
     for line in export_lines:
         run.console.line(line)
