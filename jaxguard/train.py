@@ -8,7 +8,8 @@ Every failure ends with one line on stderr (`--debug` shows the traceback instea
 an exit code:
 
 * 2: a config mistake (the key named), or a resume the config change does not allow;
-* 1: an I/O failure (the path and the cause) or no checkpoint that restores;
+* 1: an I/O failure (the path and the cause: a missing data file, a full disk, a permission
+  error) or no checkpoint that restores;
 * 143 (SIGTERM) or 130 (SIGINT): the run stopped after the current train step, saved a
   checkpoint and printed the command that resumes it. A second signal exits at once.
 
@@ -47,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if args.debug:
             raise
         print(f"error: {error_line(error)}", file=sys.stderr)
-        is_config = isinstance(error, config_lib.ConfigError)
+        is_config = isinstance(error, config_lib.ConfigError) and not isinstance(
+            error, config_lib.MissingInputError
+        )
         sys.exit(CONFIG_ERROR_EXIT if is_config else RUN_ERROR_EXIT)
 
 

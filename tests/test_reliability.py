@@ -302,11 +302,12 @@ def test_a_workdir_without_write_permission_is_one_line_and_exit_1(tmp_path):
 
 
 def test_a_missing_data_file_is_one_line_naming_the_key_and_the_path(tmp_path, capsys):
-    """A data file the config names is a setting: checked before training starts, exit 2."""
+    """A data file the config names is checked before training starts; missing, it is an I/O
+    failure (exit 1) named with its key."""
     missing = str(tmp_path / "fields.npz")
     argv = ["--cfg", "cvae", f"--cfg.data.source={missing}", "--workdir", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as info:
         train.main(argv)
-    assert info.value.code == 2
+    assert info.value.code == 1
     assert capsys.readouterr().err == f"error: data.source {missing}: no such file\n"
     assert not os.path.exists(tmp_path / "run" / "checkpoints")  # Nothing that blocks a rerun.
