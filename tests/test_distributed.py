@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -110,6 +111,39 @@ def test_two_processes_match_four_devices_write_once_and_resume_on_one(tmp_path)
     assert runs["resumed"]["epochs_run"] == 5
     assert_same_metrics(runs["resumed"]["test"], runs["five"]["test"])
     assert_same_logs(read_log(workdir), read_log(str(tmp_path / "ref5")))
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+    workdir = str(tmp_path / "signalled")
+    address = f"127.0.0.1:{distributed.free_port()}"
+    args = ["--cfg", TOY, "--workdir", workdir]
+    # Process 1 waits after its 3rd step for a signal; process 0 gets none and runs on.
+    paused = {**environment(2), "JAXGUARD_TEST_PAUSE_AT": "step:3"}
+    processes = [
+        subprocess.Popen(
+            distributed.process_command(args, address, 2, index),
+            env=paused if index else environment(2),
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    try:
+        for line in processes[1].stderr:
+            if line.startswith("JAXGUARD_TEST_PAUSED"):
+                break
+        processes[1].send_signal(signal.SIGTERM)
+        errors = [process.communicate(timeout=120)[1] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [143, 143], errors
+    # One mid-epoch checkpoint both saved, and one resume line (from process 0, without the
+    # process flags: relaunch the processes with --resume, with any process count).
+    assert os.listdir(os.path.join(workdir, "checkpoints", "latest")) == ["3"]
+    assert "interrupted by SIGTERM: checkpoint at step 3 (epoch 0)" in errors[0]
+    assert "resume with:" not in errors[1] and "--process_id" not in errors[0]
 
 
 def test_process_flags_are_split_from_the_train_arguments():
