@@ -5,8 +5,8 @@ processes meet through `jax.distributed.initialize`, after which `jax.devices()`
 process's devices and a jitted step runs on all of them. This module holds what that changes:
 
 * `initialize(flags)`: starts `jax.distributed` from explicit flags (`--coordinator_address
-  HOST:PORT --num_processes N --process_id I`), or from the launcher's environment (SLURM with
-  more than one task, Open MPI with more than one rank: JAX's own detection reads the
+  HOST:PORT --num_processes N --process_id I`), or from the launcher's environment (an srun
+  step with more than one task, Open MPI with more than one rank: JAX's own detection reads the
   coordinator, the count and the rank), and leaves a plain single-process run alone;
 * `is_writer()`: process 0 writes every file (logs, CSV, TensorBoard, reports, guard events,
   config.json); checkpoints are written by all processes together (orbax);
@@ -44,7 +44,9 @@ from jaxguard.writers import Console
 # Launchers whose environment means "one of several processes", as (count variable, rank
 # variable): JAX's cluster detection then reads the coordinator, the count and the rank.
 LAUNCHER_ENV = (
-    ("SLURM_NTASKS", "SLURM_PROCID"),  # srun / sbatch with --ntasks > 1
+    # Set by srun for the tasks of a step; not in a batch script's own shell, whose python
+    # (started without srun) is one process even when the job has several tasks.
+    ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID"),
     ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),  # mpirun (Open MPI)
 )
 

@@ -174,16 +174,17 @@ def test_incomplete_or_inconsistent_process_flags_are_one_line(flags, message):
 def test_one_process_by_flag_or_launcher_stays_a_plain_run():
     assert not distributed.initialize(distributed.ProcessFlags("h:1", 1, 0), environ={})
     assert not distributed.initialize(
-        distributed.ProcessFlags(), environ={"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}
+        distributed.ProcessFlags(), environ={"SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}
     )
     assert jax.process_count() == 1 and distributed.is_writer()
 
 
 def test_launcher_environments_give_the_process_count():
     assert distributed.launcher_processes({}) == 1
-    assert distributed.launcher_processes({"SLURM_NTASKS": "8", "SLURM_PROCID": "3"}) == 8
-    # An allocation's shell (no task rank) is not a task of a multi-process step.
-    assert distributed.launcher_processes({"SLURM_NTASKS": "8"}) == 1
+    srun = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8", "SLURM_PROCID": "3"}
+    assert distributed.launcher_processes(srun) == 8
+    # A batch script's own shell (no srun step) is one process, whatever the job's tasks.
+    assert distributed.launcher_processes({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}) == 1
     env = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "0"}
     assert distributed.launcher_processes(env) == 4
 
