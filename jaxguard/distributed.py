@@ -11,7 +11,8 @@ process's devices and a jitted step runs on all of them. This module holds what 
 * `is_writer()`: process 0 writes every file (logs, CSV, TensorBoard, reports, guard events,
   config.json); checkpoints are written by all processes together (orbax);
 * `host_value` / `host_tree`: the global value of an array on every process, for arrays that
-  span devices of other processes (`np.asarray` refuses those);
+  span devices of other processes (`np.asarray` refuses those); `local_tree` the same as arrays
+  this process can compute on alone; `replicate` puts a host value on every device of the run;
 * `agree_on_signal`: the processes agree on a pending SIGTERM/SIGINT, so they all stop at the
   same step and save the same checkpoint together;
 * `main`: a local launcher, `python -m jaxguard.distributed --processes 2 -- --cfg ...`.
