@@ -15,6 +15,13 @@ an exit code:
 
 Before training, host memory is tuned for XLA:CPU (`jaxguard.host_memory`;
 `JAXGUARD_HOST_ALLOCATOR=default` keeps glibc's and JAX's defaults).
+
+Several processes (docs/scaling.md): started by SLURM (`srun`, more than one task) or Open MPI
+(`mpirun`), each process joins the others through `jax.distributed` by itself; started any
+other way, each takes `--coordinator_address HOST:PORT --num_processes N --process_id I`
+(`python -m jaxguard.distributed --processes N -- ARGS` starts N on this machine). Every
+process needs the same `--workdir`, on a filesystem they all see; process 0 writes the logs.
+Without either, the program is a single process, as always.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import jax
+
 from jaxguard import config as config_lib
-from jaxguard import host_memory, trainer
+from jaxguard import distributed, host_memory, trainer
 from jaxguard.checkpoints import CheckpointError
 from jaxguard.loop import Interrupt, RunInterrupted
 
@@ -36,14 +45,16 @@ RUN_ERROR_EXIT = 1
 
 def main(argv: Sequence[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
+    flags, rest = distributed.split_flags(argv)
     args, overrides = config_lib.parse_cli(
-        argv,
+        rest,
         prog="python -m jaxguard.train",
         description="Train a jaxguard task with its guards, logs, checkpoints and report.",
         debug_flag=True,
     )
     try:
-        return train(args, overrides, argv)
+        distributed.initialize(flags)
+        return train(args, overrides, rest)  # A resume command without the process flags.
     except (config_lib.ConfigError, CheckpointError, OSError) as error:
         if args.debug:
             raise
@@ -59,7 +70,13 @@ def train(args, overrides: list[str], argv: list[str]) -> dict:
     config = config_lib.load_config(args.cfg, overrides)
     # After the config is known good, before the first JAX computation (see host_memory).
     host_memory.tune_host_allocator_from_env()
-    workdir = args.workdir or config.workdir or trainer.default_workdir(config)
+    workdir = args.workdir or config.workdir
+    if not workdir and jax.process_count() > 1:
+        raise config_lib.ConfigError(
+            f"{jax.process_count()} processes need --workdir (the same folder for all, on a "
+            "filesystem they all see)"
+        )
+    workdir = workdir or trainer.default_workdir(config)
     interrupt = Interrupt()
     with interrupt.installed():
         try:
@@ -71,12 +88,13 @@ def train(args, overrides: list[str], argv: list[str]) -> dict:
             raise
         except RunInterrupted as stopped:
             name = signal.Signals(stopped.signum).name
-            print(
-                f"interrupted by {name}: {stopped.saved}; resume with: "
-                f"{resume_command(argv, workdir)}",
-                file=sys.stderr,
-                flush=True,
-            )
+            if distributed.is_writer():  # The others stopped at the same step.
+                print(
+                    f"interrupted by {name}: {stopped.saved}; resume with: "
+                    f"{resume_command(argv, workdir)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             sys.exit(stopped.exit_code)
 
 
