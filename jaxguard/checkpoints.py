@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from jaxguard.distributed import barrier, is_writer
+
 # `check(step, arrays, meta)` raises ValueError when a restored checkpoint is inconsistent.
 Check = Callable[[int, Any, dict], None]
 
@@ -175,13 +177,19 @@ class RunCheckpoints:
         return self._restore_step(self.latest, step, like)
 
     def set_aside(self, folder: str, step: int, suffix: str = "corrupt") -> str:
-        """Renames `folder/<step>` to `folder/<step>.<suffix>[.<n>]`; returns the new path."""
+        """Renames `folder/<step>` to `folder/<step>.<suffix>[.<n>]`; returns the new path.
+
+        With several processes, every process calls it and process 0 renames.
+        """
         target = os.path.join(folder, f"{step}.{suffix}")
         count = 0
         while os.path.exists(target):
             count += 1
             target = os.path.join(folder, f"{step}.{suffix}.{count}")
-        os.rename(os.path.join(folder, str(step)), target)
+        barrier(f"every process has chosen {target}")
+        if is_writer():
+            os.rename(os.path.join(folder, str(step)), target)
+        barrier(f"renamed {target}")
         self.reload()
         return target
 

@@ -101,6 +101,15 @@ class ConfigError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+class MissingInputError(ConfigError):
+    """A data file or folder the config names does not exist.
+
+    Found while the config is checked, before anything is built, and named with its key like
+    any config mistake, but an I/O failure to the CLIs (exit 1, as a full disk or a permission
+    error): the setting may be right and the file not there yet.
+    """
+
+
 class _Field(NamedTuple):
     """The type a config key takes, and whether None is allowed (a placeholder)."""
 

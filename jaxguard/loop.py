@@ -26,8 +26,9 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from jaxguard import run_outputs
-from jaxguard.batching import epoch_seed, iterate_batches
+from jaxguard.batching import batch_rows, epoch_seed, place_rows, split_size
 from jaxguard.checkpoints import RunCheckpoints
+from jaxguard.distributed import agree_on_signal, host_tree, is_writer, local_tree
 from jaxguard.guards import (
     BestCheckpoint,
     Diagnostics,
@@ -60,14 +61,29 @@ _pause_counts: Counter = Counter()
 class Interrupt:
     """SIGTERM and SIGINT as a request to stop at the next step; a second signal exits at once.
 
-    The first signal only records its number: the loop finishes the step it is in, saves a
-    checkpoint and raises `RunInterrupted`. A second one ends the process with
+    The first signal only records its number (`signum`): the loop finishes the step it is in,
+    saves a checkpoint and raises `RunInterrupted`. A second one ends the process with
     `128 + signal` without running anything else; the committed checkpoints stay intact
     because orbax writes into a temporary folder and renames it when complete.
+
+    With several processes, the loop asks `pending()` after every step: the processes agree
+    there on the signal any of them received, so all stop at the same step and save the same
+    checkpoint together, even when the signal reached only one of them. A process's own
+    first signal arriving after that agreement is still a first signal, not a second.
     """
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.signum: int | None = None  # The first signal this process received.
+        self.agreed: int | None = None  # The signal every process stops at, once agreed.
+
+    def pending(self) -> int | None:
+        """The signal the run stops at, the same on every process; None to go on.
+
+        A collective with several processes: every process calls it at the same points.
+        """
+        if self.agreed is None:
+            self.agreed = agree_on_signal(self.signum)
+        return self.agreed
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Interrupt]:
@@ -105,7 +121,8 @@ def pause_point(point: str, interrupt: Interrupt) -> None:
     Prints `JAXGUARD_TEST_PAUSED <point>:<n>` to stderr and sleeps until a signal arrives
     (SIGKILL ends it; SIGTERM/SIGINT resume the run, which then stops as on any signal). The
     points: `step` (after each train step), `save` (before a checkpoint is written),
-    `between_latest_and_best` (latest committed, best not yet).
+    `between_latest_and_best` (latest committed, best not yet), `evaluate` (after each
+    validation pass) and `report` (test done, outputs not yet written; `trainer.finish_run`).
     """
     wanted = os.environ.get(PAUSE_ENV)
     if not wanted:
@@ -142,7 +159,8 @@ class Run:
     checkpoints: RunCheckpoints
     writer: MultiWriter
     epoch_csv: CsvWriter
-    shard: Callable
+    shard: Callable  # A host batch onto the devices (`batching.place_batch`).
+    batch_sharding: Any  # Training batches: split along their leading axis over every device.
     replicated: Any
     actions: tuple[PeriodicAction, ...]
     state: TrainState
@@ -201,15 +219,16 @@ def train_epoch(run: Run, epoch: int) -> float:
     done = run.resume_steps if epoch == run.start_epoch else 0
     if not done:
         run.train_loss_sum, run.train_loss_steps = 0.0, 0
-    batches = iterate_batches(
-        run.splits["train"],
+    split = run.splits["train"]
+    batches = batch_rows(
+        split_size(split),
         run.config.train.batch_size,
         seed=epoch_seed(run.config, epoch),
         drop_last=True,
     )
     steps = run.steps_per_epoch
-    for index, batch in itertools.islice(enumerate(batches), done, steps):
-        sharded = run.shard(batch)
+    for index, rows in itertools.islice(enumerate(batches), done, steps):
+        sharded = place_rows(split, rows, run.batch_sharding)
         run.state, measurements = run.train_step(run.state, sharded)
         run.train_loss_sum = run.train_loss_sum + measurements["loss"]
         run.train_loss_steps += 1
@@ -218,7 +237,7 @@ def train_epoch(run: Run, epoch: int) -> float:
             if action.should_trigger(step, index == steps - 1):
                 action.apply(run, epoch, index, measurements, sharded)
         pause_point("step", run.interrupt)
-        if run.interrupt.signum is not None and index < steps - 1:
+        if run.interrupt.pending() is not None and index < steps - 1:
             save_checkpoint(run, epoch, False, in_epoch={"steps": index + 1})
             raise_interrupted(run)
     if not run.train_loss_steps:
@@ -232,14 +251,15 @@ def raise_interrupted(run: Run) -> None:
         saved = "no checkpoint yet: the run starts from scratch"
     else:
         saved = f"checkpoint at step {run.saved_step} (epoch {run.epoch})"
-    raise RunInterrupted(run.interrupt.signum, saved)
+    raise RunInterrupted(run.interrupt.pending(), saved)
 
 
 def report_events(run: Run, events: list[GuardEvent], step: int) -> GuardEvent | None:
     """Records guard events in `guard_events.jsonl`, prints the others; returns the first stop."""
     stop = None
     for event in events:
-        run_outputs.append_event(run.workdir, event, step)
+        if is_writer():
+            run_outputs.append_event(run.workdir, event, step)
         if event.level == "stop":
             stop = stop or event
         else:
@@ -270,7 +290,7 @@ def write_diagnostics(run: Run, epoch: int, val_batch, train_batch) -> None:
     """
     step = int(run.state.step)
     metrics, outputs, _ = run.eval_step(run.state, run.empty_metrics, run.shard(val_batch))
-    computed = run_outputs.numbers_only(metrics.compute())
+    computed = run_outputs.numbers_only(local_tree(metrics).compute())
     scalars = {f"diag/{key}": computed[key] for key in run.task.diagnostic_keys}
     model = nnx.merge(run.graphdef, run.state.params, run.state.model_state)
     head = nnx.to_pure_dict(nnx.state(run.task.head(model), nnx.Param))
@@ -280,9 +300,7 @@ def write_diagnostics(run: Run, epoch: int, val_batch, train_batch) -> None:
         measured = run.term_gradients(run.state, train_batch)
         terms = {key: float(value) for key, value in measured.items()}
     run.writer.write_scalars(step, {**scalars, **terms})
-    run.writer.write_histograms(
-        step, run.task.histograms(jax.tree.map(np.asarray, outputs), val_batch)
-    )
+    run.writer.write_histograms(step, run.task.histograms(host_tree(outputs), val_batch))
     diagnostics = Diagnostics(step, epoch, {**computed, **terms})
     stop = report_events(run, run.guards.on_diagnostics(diagnostics), step)
     if stop is not None:
@@ -300,6 +318,7 @@ def evaluate_epoch(run: Run):
         config.eval.batch_size,
         run.shard,
     )
+    pause_point("evaluate", run.interrupt)
     # Placed like the rest of the state: an uncommitted array would recompile the step.
     plateau_value = jax.device_put(jnp.asarray(val["loss"], jnp.float32), run.replicated)
     run.state = run.state.replace(plateau_value=plateau_value)

@@ -19,6 +19,7 @@ import optax
 from flax import nnx, struct
 
 from jaxguard.batching import Batch, Split, iterate_batches, split_size
+from jaxguard.distributed import host_tree, local_tree
 from jaxguard.optim import plateau_scale
 from jaxguard.tasks.contract import Task
 
@@ -167,9 +168,9 @@ def evaluate(
         size = split_size(batch)
         loss_sum += float(total) * size
         count += size
-        outputs.append(jax.tree.map(np.asarray, out))
+        outputs.append(host_tree(out))
         batches.append(batch)
-    result = dict(metrics.compute())
+    result = dict(local_tree(metrics).compute())
     result["loss"] = loss_sum / max(count, 1)
     return result, _join(outputs), _join(batches)
 

@@ -32,6 +32,7 @@ from jaxguard import run_outputs, tasks
 from jaxguard.batching import data_sharding, iterate_batches, place_batch, split_size
 from jaxguard.batching import steps_per_epoch as count_steps
 from jaxguard.checkpoints import RunCheckpoints, committed_steps, describe_error
+from jaxguard.distributed import barrier, is_writer, local_tree, replicate, silent
 from jaxguard.guards import BestCheckpoint, GuardCollection, GuardEvent
 from jaxguard.loop import (
     Interrupt,
@@ -40,6 +41,7 @@ from jaxguard.loop import (
     RunStopped,
     consult_guards,
     evaluate_epoch,
+    pause_point,
     periodic_actions,
     raise_interrupted,
     save_checkpoint,
@@ -87,7 +89,7 @@ def train_and_evaluate(
       pretrain and test (test-split metrics of the best checkpoint, else the last weights).
     """
     task = tasks.get_task(config.task)
-    console = console or Console(progress=config.log.progress)
+    console = console or (Console(progress=config.log.progress) if is_writer() else silent())
     run = start_run(
         config, task, workdir or config.workdir or default_workdir(config), console, resume=resume
     )
@@ -95,7 +97,7 @@ def train_and_evaluate(
     started = time.monotonic()
     try:
         train_epochs(run, on_epoch_end)
-        if run.interrupt.signum is not None:
+        if run.interrupt.pending() is not None:
             raise_interrupted(run)
     except RunStopped as stopped:
         run.stopped_by = stopped.event
@@ -114,7 +116,7 @@ def train_epochs(run: Run, on_epoch_end: Callable[[int], None] | None) -> None:
     if run.stopped_by is not None:  # Resumed after the guard's stop was checkpointed.
         raise RunStopped(run.stopped_by)
     for epoch in range(run.start_epoch, run.config.train.epochs):
-        if run.interrupt.signum is not None:
+        if run.interrupt.pending() is not None:
             raise_interrupted(run)
         run.epoch = epoch
         train_loss = train_epoch(run, epoch)
@@ -124,7 +126,7 @@ def train_epochs(run: Run, on_epoch_end: Callable[[int], None] | None) -> None:
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if stop is not None:
-            if stop.guard == "collapse" and run.task.collapse_arrays is not None:
+            if stop.guard == "collapse" and run.task.collapse_arrays is not None and is_writer():
                 pred, target = run.task.collapse_arrays(val_outputs, val_batches)
                 run_outputs.dump_collapse(run.workdir, pred, target, stop)
             raise RunStopped(stop)
@@ -146,8 +148,9 @@ def dump_collapse_inside_epoch(run: Run, event) -> None:
         run.config.eval.batch_size,
         run.shard,
     )
-    pred, target = run.task.collapse_arrays(outputs, batches)
-    run_outputs.dump_collapse(run.workdir, pred, target, event)
+    if is_writer():
+        pred, target = run.task.collapse_arrays(outputs, batches)
+        run_outputs.dump_collapse(run.workdir, pred, target, event)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -201,6 +204,8 @@ def prepare_workdir(config: ConfigDict, workdir: str, *, resume: bool, console: 
     after removing what the attempt left (`ATTEMPT_FILES`). On resume the config is compared
     with the saved `config.json` (`config_lib.resume_changes`).
 
+    With several processes, every process checks and process 0 alone writes.
+
     Returns:
       Whether there is a checkpoint to resume from.
     """
@@ -213,7 +218,6 @@ def prepare_workdir(config: ConfigDict, workdir: str, *, resume: bool, console: 
             f"--workdir {workdir} already holds a run; pass --resume to continue it or choose "
             "another workdir (nothing was overwritten)"
         )
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
     if committed:
         record_config_changes(config, path, console)
@@ -223,8 +227,11 @@ def prepare_workdir(config: ConfigDict, workdir: str, *, resume: bool, console: 
             f"{latest} holds no committed checkpoint (the run stopped before its first save): "
             "starting from scratch"
         )
-        remove_attempt_files(workdir)
-    config_lib.save_config(config, path)
+    if is_writer():
+        os.makedirs(workdir, exist_ok=True)
+        if os.path.isdir(latest):
+            remove_attempt_files(workdir)
+        config_lib.save_config(config, path)
     return False
 
 
@@ -248,6 +255,9 @@ def record_config_changes(config: ConfigDict, path: str, console: Console) -> No
     if not changes:
         return
     config_lib.check_resume_changes(changes)
+    barrier("every process read config.json")
+    if not is_writer():
+        return
     kept = next(
         candidate
         for n in itertools.count(1)
@@ -314,6 +324,7 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         f"steps per epoch, workdir {workdir}"
     )
     guards, best = make_guards(config, task, splits, loss_fn, built.steps_per_epoch)
+    writing = is_writer()  # Process 0 writes the logs; the others log nowhere.
     for line in task.startup_lines(config, splits) if task.startup_lines else ():
         console.line(line)
     empty_metrics = task.empty_metrics(config)
@@ -341,11 +352,13 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         best=best,
         checkpoints=RunCheckpoints(workdir, keep_latest=config.ckpt.keep_latest),
         writer=MultiWriter([]),
-        epoch_csv=CsvWriter(os.path.join(workdir, "log.csv")),
+        epoch_csv=CsvWriter(os.path.join(workdir, "log.csv")) if writing else MultiWriter([]),
         shard=lambda batch: place_batch(batch, batch_sharding, replicated),
+        batch_sharding=batch_sharding,
         replicated=replicated,
         actions=periodic_actions(config, diag_batch),
-        state=built.state,
+        # Placed before a restore, so that orbax restores onto this run's devices.
+        state=replicate(built.state, replicated),
         pretrain=pretrained.get("summary"),
     )
     if resume:
@@ -354,7 +367,6 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         except BaseException:
             run.checkpoints.close()  # Orbax's background threads end before the error does.
             raise
-    run.state = jax.device_put(run.state, replicated)
     run.writer = MultiWriter(
         [
             TensorBoardWriter(
@@ -363,6 +375,8 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
                 purge_step=int(run.state.step) if resume else None,
             )
         ]
+        if writing
+        else []
     )
     return run
 
@@ -396,8 +410,10 @@ def restore(run: Run) -> None:
             f"--resume: the checkpoint's guard states do not fit this config ({error})"
         ) from None
     step = run.saved_step = int(run.state.step)
-    run_outputs.truncate_csv(os.path.join(run.workdir, "log.csv"), last_epoch=len(run.history) - 1)
-    run_outputs.truncate_events(run.workdir, last_step=step)
+    if is_writer():
+        log = os.path.join(run.workdir, "log.csv")
+        run_outputs.truncate_csv(log, last_epoch=len(run.history) - 1)
+        run_outputs.truncate_events(run.workdir, last_step=step)
     repair_best(run, step, meta)
     where = f"epoch {meta['epoch']}" + (f", {run.resume_steps} steps in" if in_epoch else "")
     run.console.line(f"resumed from {where} (step {step})")
@@ -460,7 +476,7 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
     state, best_epoch, notes = tested_weights(run)
     for note in notes:
         run.console.line(note)
-    state = jax.device_put(state, run.replicated)
+    state = replicate(state, run.replicated)
     test, test_outputs, test_batches = evaluate(
         run.eval_step,
         state,
@@ -484,20 +500,24 @@ def finish_run(run: Run, train_seconds: float) -> RunSummary:
         history=tuple(run.history),
     )
     export_lines = []
-    if task.export is not None:
-        predict = make_predict(run.graphdef, state, task)
+    if task.export is not None and is_writer():
+        # The exporting process alone predicts, on its own copy of the weights.
+        predict = make_predict(run.graphdef, local_tree(state), task)
         export_lines = task.export(config, run.workdir, predict, run.splits)
     step = int(state.step)
-    figures = {"learning_curves": run_outputs.learning_curve_figure(summary)}
-    if task.figures is not None:
-        figures |= task.figures(config, run.splits, summary, test_outputs, test_batches)
-    figures_lib.write_figures(run.workdir, figures, run.writer, step)
-    figure_dir = os.path.join(run.workdir, figures_lib.FIGURE_DIR)
-    export_lines.append(f"figures: {figure_dir}/ ({', '.join(figures)})")
+    if is_writer():
+        figures = {"learning_curves": run_outputs.learning_curve_figure(summary)}
+        if task.figures is not None:
+            figures |= task.figures(config, run.splits, summary, test_outputs, test_batches)
+        figures_lib.write_figures(run.workdir, figures, run.writer, step)
+        figure_dir = os.path.join(run.workdir, figures_lib.FIGURE_DIR)
+        export_lines.append(f"figures: {figure_dir}/ ({', '.join(figures)})")
     report = task.report_lines(config, run.splits, summary)
     report += run_outputs.shared_report_lines(summary) + notes + export_lines
     table = task.prediction_table(test_outputs, test_batches)
-    run_outputs.write_outputs(run.workdir, summary, table, report)
+    pause_point("report", run.interrupt)
+    if is_writer():
+        run_outputs.write_outputs(run.workdir, summary, table, report)
     for line in export_lines:
         run.console.line(line)
     test_scalars = run_outputs.numbers_only(summary.test)

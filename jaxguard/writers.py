@@ -86,10 +86,18 @@ class TensorBoardWriter:
             self._writer.add_scalar(tag, value)
 
     def flush(self) -> None:
-        self._writer.flush()
+        self._name_failures(self._writer.flush)
 
     def close(self) -> None:
-        self._writer.close()
+        self._name_failures(self._writer.close)
+
+    def _name_failures(self, action) -> None:
+        """Runs `action`; an OSError of the event file (it names no path) names `logdir`."""
+        try:
+            action()
+        except OSError as error:
+            error.filename = error.filename or self._writer.logdir
+            raise
 
 
 def is_plain(value: object) -> bool:

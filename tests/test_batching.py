@@ -89,3 +89,23 @@ def test_place_batch_splits_divisible_batches_and_replicates_the_rest():
     if jax.device_count() > 1:
         odd = batching.place_batch(split(jax.device_count() + 1), batch_sharding, replicated)
         assert odd["x"].sharding == replicated
+
+
+def test_place_rows_puts_the_chosen_rows_of_the_split_on_the_devices():
+    batch_sharding, _ = batching.data_sharding()
+    data = split(10 * jax.device_count())
+    rows = np.random.default_rng(0).permutation(len(data["x"]))[: 4 * jax.device_count()]
+    # One process holds every row; with several, each reads only its devices' rows.
+    assert np.array_equal(batching.local_rows(batch_sharding, len(rows)), np.arange(len(rows)))
+    placed = batching.place_rows(data, rows, batch_sharding)
+    assert placed["x"].sharding == batch_sharding
+    assert np.array_equal(np.asarray(placed["y"]), rows)
+    assert np.array_equal(np.asarray(placed["x"]), rows * 10)
+
+
+def test_batch_rows_are_the_rows_iterate_batches_takes():
+    rows = list(batching.batch_rows(10, 4, seed=3, drop_last=False))
+    batches = list(batching.iterate_batches(split(10), 4, seed=3, drop_last=False))
+    assert [len(r) for r in rows] == [4, 4, 2]
+    for index, batch in zip(rows, batches, strict=True):
+        assert np.array_equal(batch["y"], index)

@@ -122,6 +122,23 @@ def test_killed_and_stopped_three_ways_the_run_resumes_to_the_same_result(refere
     assert outputs(tmp_path) == outputs(reference)
 
 
+def test_signals_during_evaluation_and_the_report_leave_a_run_that_resumes(reference, tmp_path):
+    """SIGTERM in a validation pass, then SIGKILL and SIGTERM while the report is written."""
+    # 1. SIGTERM during epoch 1's validation: the epoch finishes, is checkpointed, exit 143.
+    code, stderr = stop_at(tmp_path, "evaluate:2", signal.SIGTERM)
+    last = stderr.strip().splitlines()[-1]
+    assert code == 143 and last.startswith(
+        "interrupted by SIGTERM: checkpoint at step 16 (epoch 1)"
+    )
+    # 2. The resume is killed after the test, before its outputs are written.
+    code, _ = stop_at(tmp_path, "report:1", signal.SIGKILL, "--resume")
+    assert code == -signal.SIGKILL and not os.path.exists(tmp_path / "test_metrics.json")
+    # 3. The next resume (all epochs done) tests again; SIGTERM in its report lets it finish.
+    code, stderr = stop_at(tmp_path, "report:1", signal.SIGTERM, "--resume")
+    assert code == 0 and "resumed from epoch 4" in stderr, stderr
+    assert outputs(tmp_path) == outputs(reference)
+
+
 def copy_run(reference: str, tmp_path) -> str:
     workdir = str(tmp_path / "run")
     shutil.copytree(reference, workdir)
@@ -208,3 +225,89 @@ def test_an_io_failure_is_one_line_with_the_path_and_exit_1(tmp_path, capsys):
     assert "Not a directory" in error
     with pytest.raises(NotADirectoryError):
         train.main(["--cfg", TOY, "--workdir", workdir, "--debug"])
+
+
+# ----------------------------------------------------------------------------- I/O failures
+# Each ends with one line naming the path and the cause, exit code 1, no traceback (unless
+# --debug), and committed checkpoints stay usable.
+
+
+# Runs the command in argv[3:] under a limit set in a fresh, single-threaded interpreter that
+# then execs it (a `preexec_fn` would run after a fork of this JAX-threaded process).
+# `fsize N`: files stop at N bytes, as on a full disk: a write beyond fails with EFBIG
+# ("File too large") once SIGXFSZ, which would kill the process, is ignored (both survive the
+# exec). `permissions -`: file permissions bind the command even as root (tests often run as
+# root, who passes them through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH): the two are dropped
+# from the bounding set (prctl PR_CAPBSET_DROP), which takes them away at the exec.
+LIMITED = """
+import ctypes, os, resource, signal, sys
+kind, value, *command = sys.argv[1:]
+if kind == "fsize":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(value), int(value)))
+elif kind == "permissions" and os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:
+            print(f"prctl(PR_CAPBSET_DROP) failed: errno {ctypes.get_errno()}", file=sys.stderr)
+            sys.exit(77)
+os.execv(command[0], command)
+"""
+
+
+def run_train(workdir, *extra: str, limit: tuple[str, str] | None = None):
+    """`python -m jaxguard.train` on the toy config; `limit` is `LIMITED`'s `(kind, value)`."""
+    prefix = [sys.executable, "-c", LIMITED, *limit] if limit else []
+    return subprocess.run(
+        prefix + command(workdir, *extra),
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The stderr lines that are not the run's progress (its epoch and set-up lines)."""
+    progress = ("epoch ", "toy_task: ")
+    return [line for line in stderr.splitlines() if not line.startswith(progress)]
+
+
+def test_a_full_disk_ends_in_one_line_and_the_resume_finishes_the_run(reference, tmp_path):
+    """Files stop at 8000 bytes: the event file reaches it at epoch 2, after two checkpoints."""
+    result = run_train(tmp_path, limit=("fsize", "8000"))
+    assert result.returncode == 1, result.stderr
+    # tensorboard/ with tensorboardX 2.6 (its event file names no path of its own).
+    (line,) = error_lines(result.stderr)
+    assert line.startswith(f"error: {tmp_path}") and line.endswith(": File too large"), line
+    assert committed_steps(str(tmp_path / "checkpoints" / "latest"))  # Kept, and used:
+    resumed = run_train(tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert outputs(tmp_path) == outputs(reference)
+
+
+def test_a_workdir_without_write_permission_is_one_line_and_exit_1(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir(mode=0o555)
+    result = run_train(workdir, limit=("permissions", "-"))
+    if result.returncode == 77:
+        pytest.skip(
+            f"root without CAP_SETPCAP cannot give up its permission bypass: {result.stderr}"
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {workdir / 'config.json.tmp'}: Permission denied"
+    ]
+
+
+def test_a_missing_data_file_is_one_line_naming_the_key_and_the_path(tmp_path, capsys):
+    """A data file the config names is checked before training starts; missing, it is an I/O
+    failure (exit 1) named with its key."""
+    missing = str(tmp_path / "fields.npz")
+    argv = ["--cfg", "cvae", f"--cfg.data.source={missing}", "--workdir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    assert info.value.code == 1
+    assert capsys.readouterr().err == f"error: data.source {missing}: no such file\n"
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")  # Nothing that blocks a rerun.

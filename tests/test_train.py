@@ -112,6 +112,17 @@ def test_config_typo_exits_2_with_the_key_named(capsys):
     assert "optim.lrr" in err and "optim.lr" in err and "\n" not in err
 
 
+def test_incomplete_process_flags_exit_2_with_one_line_before_anything_runs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--cfg", SMALL, "--num_processes", "2", "--coordinator_address", "h:1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --coordinator_address, --num_processes and --process_id go together; "
+        "missing --process_id\n"
+    )
+
+
 def test_cli_typo_exit_code_without_traceback():
     result = subprocess.run(
         [

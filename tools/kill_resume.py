@@ -6,9 +6,10 @@
 Each try starts a run in a fresh workdir and SIGKILLs it, either after a random delay (`time`:
 uniform over the part of an uninterrupted run after its start-up line, so the kills fall in
 training, checkpointing and the final test) or at a random event (`event`: a train step, the
-start of a save, or between the `latest/` and `best/` saves, through the test-only hook
-`JAXGUARD_TEST_PAUSE_AT`). Then it resumes the way a scheduler would (`--resume` when the
-workdir has `checkpoints/latest`, else the same command again) and counts the try as
+start of a save, between the `latest/` and `best/` saves, after a validation pass, or before
+the report is written, through the test-only hook `JAXGUARD_TEST_PAUSE_AT`). Then it
+resumes the way a scheduler would (`--resume` when the workdir has `checkpoints/latest`, else
+the same command again) and counts the try as
 `identical` (log.csv bytes and test_metrics.json, timings aside, equal to an uninterrupted
 run's), `different`, or `stuck` (the resume failed or timed out). `--repo` runs another
 checkout (its `jaxguard` first on PYTHONPATH) to measure a version from before a change.
@@ -142,8 +143,9 @@ def resume(args, workdir: str) -> tuple[int, str]:
 
 
 def event_points(rng: random.Random, epochs: int = 5, steps: int = 40) -> str:
-    kind = rng.choice(["step", "save", "between_latest_and_best"])
-    return f"{kind}:{rng.randint(1, steps if kind == 'step' else epochs)}"
+    kind = rng.choice(["step", "save", "between_latest_and_best", "evaluate", "report"])
+    last = {"step": steps, "report": 1}.get(kind, epochs)
+    return f"{kind}:{rng.randint(1, last)}"
 
 
 def one_try(args, index: int, mode: str, rng: random.Random, reference, span: float) -> dict:

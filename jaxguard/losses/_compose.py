@@ -75,6 +75,23 @@ def _reduce(name: str, values: jax.Array, weights: jax.Array | None) -> jax.Arra
     return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
+def _call(name: str, fn: Callable[..., jax.Array], arrays: dict[str, jax.Array]) -> jax.Array:
+    """`fn(*arrays.values())`; a broadcasting failure inside it becomes one line naming the
+    term and its inputs' shapes (JAX's own names neither the term nor the inputs)."""
+    try:
+        return fn(*arrays.values())
+    except (TypeError, ValueError) as error:
+        # JAX says "Incompatible shapes for broadcasting" (jnp) or "... got incompatible
+        # shapes for broadcasting" (lax); any other error is the function's own: re-raised.
+        if "shapes for broadcasting" not in str(error):
+            raise
+        shapes = ", ".join(f"`{key}` {tuple(jnp.shape(a))}" for key, a in arrays.items())
+        cause = " ".join(str(error).split())
+        raise ValueError(
+            f"term {name!r}: its inputs' shapes do not combine ({shapes}): {cause}"
+        ) from error
+
+
 @dataclasses.dataclass(frozen=True)
 class CompositeLoss:
     """A weighted sum of named `Term`s; build it with `compose`."""
@@ -116,15 +133,15 @@ class CompositeLoss:
                     f"{sorted(inputs)}."
                 )
             example_weights = inputs[term.example_weights] if term.example_weights else None
-            raw = _reduce(name, term.fn(*(inputs[key] for key in term.inputs)), example_weights)
+            arrays = {key: inputs[key] for key in term.inputs}
+            raw = _reduce(name, _call(name, term.fn, arrays), example_weights)
             weighted = weights[name] * raw
             total = total + weighted
             logged[name] = raw
             logged[f"{name}/weight"] = weights[name]
             logged[f"{name}/weighted"] = weighted
             if term.reference is not None:
-                arguments = (inputs[key] for key in term.inputs)
-                reference = _reduce(name, term.reference(*arguments), example_weights)
+                reference = _reduce(name, _call(name, term.reference, arrays), example_weights)
                 logged[f"{name}/reference"] = reference
                 safe = jnp.where(reference != 0, reference, 1.0)
                 logged[f"{name}/effective_weight"] = jnp.where(reference != 0, weighted / safe, 0.0)

@@ -161,19 +161,28 @@ def coarsen(field: jax.Array, factor: int) -> jax.Array:
     Returns:
       `[batch, H // factor, W // factor, ...]`.
     """
-    _checks.check_min_rank("coarsen", "field", field, 3)
-    if not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"coarsen: `factor` must be a positive int, got {factor!r}.")
+    _check_coarsenable("coarsen", "field", field, factor)
     batch, height, width, *rest = field.shape
-    if height % factor or width % factor:
-        raise ValueError(
-            f"coarsen: `field` spatial shape {(height, width)} is not divisible by "
-            f"`factor`={factor}."
-        )
     # Rows first, then columns: each reshape splits one axis, the only kind JAX's explicit
     # sharding (a batch sharded over devices) accepts without an output sharding.
     rows = jnp.mean(field.reshape(batch, height // factor, factor, width, *rest), axis=2)
     return jnp.mean(rows.reshape(batch, height // factor, width // factor, factor, *rest), axis=3)
+
+
+def _check_coarsenable(fn: str, name: str, field: jax.Array, factor) -> None:
+    """`field` is `[batch, H, W, ...]` with `H` and `W` divisible by a positive int `factor`.
+
+    `fn` and `name` are the caller's, so an error names the argument the user passed.
+    """
+    _checks.check_min_rank(fn, name, field, 3)
+    if not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"{fn}: `factor` must be a positive int, got {factor!r}.")
+    height, width = field.shape[1:3]
+    if height % factor or width % factor:
+        raise ValueError(
+            f"{fn}: `{name}` has shape {tuple(field.shape)}, whose spatial shape "
+            f"{(height, width)} is not divisible by `factor`={factor}."
+        )
 
 
 def mass_conservation(pred: jax.Array, coarse_target: jax.Array, *, factor: int) -> jax.Array:
@@ -191,11 +200,18 @@ def mass_conservation(pred: jax.Array, coarse_target: jax.Array, *, factor: int)
 
     Returns:
       `[batch]`.
+
+    Raises:
+      ValueError: naming `pred` and its shape when it has fewer than 3 axes or a spatial shape
+        `factor` does not divide, or `coarse_target` and both shapes when they do not match.
     """
     _checks.check_floating("mass_conservation", pred=pred, coarse_target=coarse_target)
+    _check_coarsenable("mass_conservation", "pred", pred, factor)
     coarse_pred = coarsen(pred, factor)
-    _checks.check_same_shape(
-        "mass_conservation",
-        **{"coarsen(pred, factor)": coarse_pred, "coarse_target": coarse_target},
-    )
+    if coarse_pred.shape != jnp.shape(coarse_target):
+        raise ValueError(
+            f"mass_conservation: `coarse_target` has shape {tuple(jnp.shape(coarse_target))} "
+            f"but `pred` of shape {tuple(pred.shape)} coarsened by `factor`={factor} has shape "
+            f"{tuple(coarse_pred.shape)}; they must be equal (no broadcasting)."
+        )
     return jnp.mean(jnp.abs(coarse_pred - coarse_target), axis=tuple(range(1, pred.ndim)))

@@ -179,21 +179,54 @@ def binary_class_weight_map(labels: jax.Array, weights: jax.Array) -> jax.Array:
     `map = weights[1] * t + weights[0] * (1 - t)`: `weights[1]` on foreground voxels and
     `weights[0]` on background voxels; soft labels interpolate linearly.
 
+    Labels are probabilities of the foreground: floating values in `[0, 1]`, or booleans.
+    Integer labels are refused (a 0/255 mask would give the background a negative weight
+    of `-254 * weights[0]`; cast `mask > 0` or `mask / 255`). The dtype and shape are
+    checked at trace time; the values only when `labels` is concrete (a NumPy or JAX array
+    outside `jax.jit`): under `jax.jit` they are traced and not checked.
+
     Args:
-      labels: `[batch, *spatial]` binary targets in {0, 1}, two or three spatial axes.
+      labels: `[batch, *spatial]` foreground probabilities in `[0, 1]` (floating or bool), two
+        or three spatial axes.
       weights: `[2]` non-negative weights `(background, foreground)`, e.g. from `class_weights`.
 
     Returns:
       `[batch, *spatial]` weights, same shape as `labels`.
+
+    Raises:
+      TypeError: for integer (or other non-floating, non-bool) labels.
+      ValueError: for a wrong rank or weight shape, a negative weight, or (concrete labels) a
+        label outside `[0, 1]`, naming the first such voxel.
     """
     fn = "binary_class_weight_map"
     _check_volume(fn, "labels", labels)
+    _check_probabilities(fn, "labels", labels)
     check_rank(fn, "weights", weights, 1)
     check_last_dim(fn, "weights", weights, 2)
     check_floating(fn, weights=weights)
     check_nonnegative_array(fn, "weights", weights)
     labels = jnp.asarray(labels, jnp.result_type(weights))
     return weights[1] * labels + weights[0] * (1 - labels)
+
+
+def _check_probabilities(fn: str, name: str, array) -> None:
+    """Floating or bool `array`; its values in `[0, 1]` when it is concrete (not traced)."""
+    dtype = jnp.result_type(array)
+    if dtype != jnp.bool_ and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: `{name}` must be floating (probabilities in [0, 1]) or bool, got {dtype}; "
+            f"cast a {{0, 1}} mask with `{name}.astype(float)` (a 0/255 one with `{name} > 0`)."
+        )
+    if isinstance(array, jax.core.Tracer) or dtype == jnp.bool_:
+        return
+    values = np.asarray(array)
+    bad = ~((values >= 0) & (values <= 1))  # NaN is bad too.
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{fn}: `{name}` must lie in [0, 1], got {values[index]} at index {index} "
+            f"(shape {values.shape})."
+        )
 
 
 def _squared_distance_to(targets: jax.Array) -> jax.Array:

@@ -117,3 +117,22 @@ def test_example_weights_need_per_example_values(inputs):
     loss = losses.compose(var=losses.Term(losses.variance_penalty, example_weights="weights"))
     with pytest.raises(ValueError, match="term 'var': `example_weights` is set"):
         loss(inputs)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_shapes_that_do_not_combine_give_one_line_naming_the_term(jit):
+    """A term whose inputs do not broadcast: the term and the shapes, not JAX's bare error."""
+    squared = losses.compose(sq=losses.Term(lambda p, t: (p - t) ** 2, inputs=("pred", "target")))
+    call = jax.jit(lambda arrays: squared(arrays)) if jit else squared
+    with pytest.raises(ValueError) as info:
+        call({"pred": jnp.zeros((4, 3)), "target": jnp.zeros((4,))})
+    assert str(info.value) == (
+        "term 'sq': its inputs' shapes do not combine (`pred` (4, 3), `target` (4,)): "
+        "Incompatible shapes for broadcasting: shapes=[(4, 3), (4,)]"
+    )
+
+
+def test_a_terms_own_error_passes_unchanged(inputs):
+    loss = losses.compose(mae=losses.Term(losses.absolute_error))
+    with pytest.raises(ValueError, match=r"^absolute_error: `pred` has shape \(4,\) but"):
+        loss({**inputs, "pred": jnp.zeros(4)})

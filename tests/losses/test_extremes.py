@@ -137,8 +137,36 @@ def test_mass_conservation_zero_for_conserving_field_and_positive_otherwise(rng)
     )
     shifted = losses.mass_conservation(conserving + 0.3, coarse, factor=4)
     np.testing.assert_allclose(shifted, np.full(3, 0.3), rtol=1e-5)
-    with pytest.raises(ValueError, match=r"`coarsen\(pred, factor\)` has shape"):
-        losses.mass_conservation(conserving, coarse[:, :1], factor=4)
+
+
+def test_mass_conservation_errors_name_the_callers_arguments():
+    """Not `coarsen: field`: the argument the user passed, its shape, in one line."""
+    pred, coarse = np.zeros((3, 10, 8), np.float32), np.zeros((3, 2, 2), np.float32)
+    cases = [
+        (
+            dict(pred=pred, coarse_target=coarse, factor=4),
+            "mass_conservation: `pred` has shape (3, 10, 8), whose spatial shape (10, 8) is not "
+            "divisible by `factor`=4.",
+        ),
+        (
+            dict(pred=pred[0], coarse_target=coarse, factor=4),
+            "mass_conservation: `pred` must have at least 3 axes, got shape (10, 8).",
+        ),
+        (
+            dict(pred=pred[:, :8], coarse_target=coarse[:, :1], factor=4),
+            "mass_conservation: `coarse_target` has shape (3, 1, 2) but `pred` of shape "
+            "(3, 8, 8) coarsened by `factor`=4 has shape (3, 2, 2); they must be equal (no "
+            "broadcasting).",
+        ),
+        (
+            dict(pred=pred[:, :8], coarse_target=coarse, factor=0),
+            "mass_conservation: `factor` must be a positive int, got 0.",
+        ),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(ValueError) as info:
+            losses.mass_conservation(**arguments)
+        assert str(info.value) == message
 
 
 # ----------------------------------------------------------------------------- the fast kernel

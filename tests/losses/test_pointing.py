@@ -128,3 +128,39 @@ def test_split_distance_jits_and_names_the_caller():
         losses.split_distance("my_loss", pred, pred, 0.1, "linf")
     with pytest.raises(ValueError, match="my_loss: `pred` has shape"):
         losses.split_distance("my_loss", pred, jnp.zeros((2, 2)), 0.1, "l2")
+
+
+def _hinge64(pred, target, threshold):
+    """Float64 loss and gradient for `pred` of the continuous hinge, by hand."""
+    delta = pred.astype(np.float64) - target.astype(np.float64)
+    d = np.hypot(delta[:, 0], delta[:, 1])
+    far = d > threshold
+    loss = np.where(far, 2 * threshold * d - threshold**2, d**2)
+    grad = np.where(far[:, None], 2 * threshold * delta / np.where(far, d, 1)[:, None], 2 * delta)
+    return loss, grad
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+@pytest.mark.parametrize("threshold_scales", [False, True], ids=["tau_1", "tau_scales"])
+def test_distance_hinge_matches_float64_at_extreme_scales(rng, scale, threshold_scales):
+    """A hypot distance: no square of the coordinates overflows (1e30 gave inf) or underflows.
+
+    Where float64's loss is no float32 (1e-60 and 1e60 when tau scales too) the result is 0 or
+    inf, never NaN; the gradient is finite and float64's at every scale.
+    """
+    pred = (scale * rng.normal(size=(32, 2))).astype(np.float32)
+    target = (scale * rng.normal(size=(32, 2))).astype(np.float32)
+    threshold = float(np.float32(scale if threshold_scales else 1.0))
+    loss, grad = jax.vmap(
+        jax.value_and_grad(
+            lambda p, t: losses.distance_hinge(p[None], t[None], threshold=threshold)[0]
+        )
+    )(pred, target)
+    ref_loss, ref_grad = _hinge64(pred, target, threshold)
+    tiny, huge = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+    representable = (np.abs(ref_loss) >= tiny) & (np.abs(ref_loss) <= huge)
+    np.testing.assert_allclose(loss[representable], ref_loss[representable], rtol=1e-5)
+    assert np.all(np.asarray(loss)[ref_loss > huge] == np.inf)
+    assert np.all(np.abs(np.asarray(loss)[ref_loss < tiny]) < tiny)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6 * np.max(np.abs(ref_grad)))

@@ -265,6 +265,44 @@ def test_binary_class_weight_map_rejects_bad_weights():
         binary_class_weight_map(np.zeros((2, 8, 8)), jnp.array([1.0, -1.0]))
 
 
+def test_binary_class_weight_map_takes_bool_and_soft_labels(rng):
+    weights = jnp.array([0.25, 4.0])
+    hard = rng.random((2, 8, 8)) < 0.3
+    np.testing.assert_array_equal(
+        binary_class_weight_map(hard, weights), np.where(hard, 4.0, 0.25).astype(np.float32)
+    )
+    soft = rng.random((2, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(
+        binary_class_weight_map(soft, weights), 4.0 * soft + 0.25 * (1 - soft), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int64])
+def test_binary_class_weight_map_refuses_integer_labels_at_trace_time(dtype):
+    """A 0/255 mask gave the background weight -254 * w0; now refused, under jit as well."""
+    mask = np.zeros((2, 8, 8), dtype)
+    message = (
+        rf"binary_class_weight_map: `labels` must be floating \(probabilities in \[0, 1\]\) or "
+        rf"bool, got {np.dtype(dtype).name if dtype is not np.int64 else 'int(32|64)'}; cast"
+    )
+    for fn in (binary_class_weight_map, _weight_map):
+        with pytest.raises(TypeError, match=message):
+            fn(mask, jnp.array([1.0, 2.0]))
+
+
+def test_binary_class_weight_map_checks_concrete_label_values_only():
+    labels = np.zeros((2, 8, 8), np.float32)
+    labels[1, 3, 4] = 255.0
+    with pytest.raises(
+        ValueError,
+        match=r"^binary_class_weight_map: `labels` must lie in \[0, 1\], got 255.0 at index "
+        r"\(1, 3, 4\) \(shape \(2, 8, 8\)\)\.$",
+    ):
+        binary_class_weight_map(labels, jnp.array([1.0, 2.0]))
+    # Under jit the values are traced, not checked: the documented limit (the map is affine).
+    assert float(_weight_map(labels, jnp.array([1.0, 2.0]))[1, 3, 4]) == 255.0 * 2.0 - 254.0
+
+
 # ---------------------------------------------------------------- signed distance / boundary
 
 

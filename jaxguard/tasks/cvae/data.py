@@ -66,7 +66,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxguard import _checks
-from jaxguard.config import ConfigError
+from jaxguard.config import ConfigError, MissingInputError
 from jaxguard.tasks.user_files import is_zarr, one_line, read_npz, real_float32
 
 SPLITS = ("train", "val", "test")
@@ -426,7 +426,7 @@ def load_source(
     """
     where = f"data.source {path}"
     if not os.path.exists(path):
-        raise ConfigError(f"{where}: no such file")
+        raise MissingInputError(f"{where}: no such file")
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < fraction < 1.0:
             raise ConfigError(f"data.{name} must lie in (0, 1), got {fraction!r}")

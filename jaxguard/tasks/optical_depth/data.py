@@ -77,7 +77,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxguard import _checks, losses
-from jaxguard.config import ConfigError
+from jaxguard.config import ConfigError, MissingInputError
 from jaxguard.tasks.user_files import is_zarr, one_line, read_npz, real_float32
 
 TARGET_MIN = 0.15
@@ -391,7 +391,7 @@ def load_source(
     """
     where = f"data.source {path}"
     if not os.path.exists(path):
-        raise ConfigError(f"{where}: no such file")
+        raise MissingInputError(f"{where}: no such file")
     if path.endswith(".npz") and os.path.isfile(path):
         raw = read_npz(where, path, USER_ARRAYS, "frames [N, T, H, W] and targets [N]")
     elif is_zarr(path):

@@ -26,7 +26,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from jaxguard.config import ConfigError
+from jaxguard.config import ConfigError, MissingInputError
 from jaxguard.tasks.pointer import coords, data
 from jaxguard.tasks.user_files import one_line
 
@@ -100,7 +100,7 @@ def check_source(source: str) -> None:
             f"data.source {source}: expected a .csv or .json file of object positions"
         )
     if not os.path.isfile(source):
-        raise ConfigError(f"data.source {source}: no such file")
+        raise MissingInputError(f"data.source {source}: no such file")
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -180,7 +180,7 @@ def load_folder(
         an image without objects, images of different sizes, or too few images to split.
     """
     if not os.path.isfile(source):
-        raise ConfigError(f"data.source {source}: no such file")
+        raise MissingInputError(f"data.source {source}: no such file")
     data.check_example_settings(done_fraction, examples_per_image)
     check_fractions(val_fraction, test_fraction)
     table = _read_coordinates(source)
@@ -195,7 +195,9 @@ def load_folder(
     for name in names:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            raise ConfigError(f"data.source {source}: image {name} not found (looked for {path})")
+            raise MissingInputError(
+                f"data.source {source}: image {name} not found (looked for {path})"
+            )
         try:
             pixels = read_grey(path)
         except (OSError, ValueError, Image.DecompressionBombError) as error:

@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from jaxguard import _checks
-from jaxguard.config import ConfigError
+from jaxguard.config import ConfigError, MissingInputError
 from jaxguard.tasks.surface import readers
 from jaxguard.tasks.surface.data import normalise
 from jaxguard.tasks.user_files import is_zarr
@@ -135,7 +135,7 @@ def load_volumes(source: str) -> list[tuple[np.ndarray, np.ndarray]]:
     Everything is read whole into memory.
     """
     if not os.path.exists(source):
-        raise ConfigError(f"data.source: {source} not found")
+        raise MissingInputError(f"data.source: {source} not found")
     if os.path.isdir(source) and not is_zarr(source):
         return _load_folder(source)
     volume, mask = readers.read_source_file(source)
