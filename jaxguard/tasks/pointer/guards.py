@@ -21,7 +21,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxguard.config import ConfigError
-from jaxguard.guards import Evaluation, Guard, GuardEvent, StepInfo
+from jaxguard.guards import Evaluation, Guard, GuardEvent, StepInfo, require_metrics
 from jaxguard.metrics import DONE_THRESHOLD
 from jaxguard.tasks.pointer.metrics import soft_zone_px
 from jaxguard.tasks.pointer.model import HEADS
@@ -155,9 +155,7 @@ class DoneNeverPredicted(Guard):
         self._streak = 0
 
     def check_metrics(self, available: Iterable[str]) -> None:
-        missing = [name for name in self.METRICS if name not in set(available)]
-        if missing:
-            raise ValueError(f"needs the validation metrics {', '.join(missing)}")
+        require_metrics(self.METRICS, available)
 
     def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
         return self.update(evaluation.epoch, evaluation.metrics)
@@ -231,9 +229,7 @@ class LenientThreshold(Guard):
         self._streak = 0
 
     def check_metrics(self, available: Iterable[str]) -> None:
-        missing = [name for name in self.METRICS if name not in set(available)]
-        if missing:
-            raise ValueError(f"needs the validation metrics {', '.join(missing)}")
+        require_metrics(self.METRICS, available)
 
     def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
         return self.update(evaluation.epoch, evaluation.metrics)

@@ -51,7 +51,9 @@ def test_done_guard_hook_is_its_update_and_it_checks_its_metrics():
     assert hooked.on_evaluation(Evaluation(0, figures)) == direct.update(0, figures)
     assert hooked.state_dict() == direct.state_dict() == {"patience": 1, "streak": 1}
     hooked.check_metrics([*figures, "loss"])
-    with pytest.raises(ValueError, match="needs the validation metrics done_prob_max_positive"):
+    with pytest.raises(
+        ValueError, match="reads metric done_prob_max_positive, which the run does not compute"
+    ):
         hooked.check_metrics(["loss", "done_true_rate"])
     with pytest.raises(config_lib.ConfigError, match="guard.done_never_predicted.patience"):
         guards.DoneNeverPredicted(0)
