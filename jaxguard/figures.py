@@ -136,15 +136,15 @@ def learning_curves(
       steps_per_epoch: places the events on the epoch axis.
       monitor: the monitored expression (`guard.best` / early stopping), or None.
       monitor_values: `[len(rows)]` its value per row; ignored without `monitor`.
-      loss_terms: names of loss terms drawn when `val_<term>` is a column of the rows.
+      loss_terms: further loss columns of the rows to draw: `train_<term>` (the epoch's mean
+        of a raw loss term) or `val_<name>`.
       title: the figure title.
     """
     figure = new_figure(9, 3.6)
     losses, watched = figure.subplots(1, 2)
     epochs = column(rows, "epoch")
-    for key, label in [("train_loss", "train loss"), ("val_loss", "validation loss")] + [
-        (f"val_{term}", f"validation {term}") for term in loss_terms
-    ]:
+    for key in ("train_loss", "val_loss", *loss_terms):
+        label = key.replace("train_", "train ", 1).replace("val_", "validation ", 1)
         values = column(rows, key)
         if np.isfinite(values).any():
             losses.plot(epochs, values, marker="o", markersize=3, label=label)

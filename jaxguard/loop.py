@@ -168,10 +168,11 @@ class Run:
     epoch: int = 0
     pretrain: dict | None = None
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    # This epoch's training loss so far: the sum over its steps (a device scalar, read once at
-    # the epoch's end, so no step waits for the host) and the number of steps summed.
-    train_loss_sum: Any = 0.0
-    train_loss_steps: int = 0
+    # This epoch's training loss and raw loss terms so far, `{"loss" | term: sum over its
+    # steps}` (device scalars, read once at the epoch's end, so no step waits for the host),
+    # and the number of steps summed.
+    train_sums: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train_steps: int = 0
     stopped_by: GuardEvent | None = None
     interrupt: Interrupt = dataclasses.field(default_factory=Interrupt)
     saved_step: int = -1  # Step of the last checkpoint written or restored.
@@ -208,9 +209,20 @@ def periodic_actions(config: ConfigDict, diag_batch) -> tuple[PeriodicAction, ..
     )
 
 
-def train_epoch(run: Run, epoch: int) -> float:
-    """One epoch of train steps with the periodic actions; returns the epoch's training loss,
-    the mean over all its steps (NaN with none).
+def epoch_means_keys(measurements: dict) -> dict[str, str]:
+    """`{epoch key: measurement}`: the loss and each raw loss term (`loss/<term>`)."""
+    keys = {"loss": "loss"}
+    for key in measurements:
+        term = key.removeprefix("loss/")
+        if term != key and "/" not in term:
+            keys[term] = key
+    return keys
+
+
+def train_epoch(run: Run, epoch: int) -> dict[str, float]:
+    """One epoch of train steps with the periodic actions; returns the epoch's means over all
+    its steps of the training loss (`"loss"`) and of each raw loss term (`"<term>"`); NaN with
+    no step.
 
     A resumed run skips the steps its mid-epoch checkpoint already trained. At a signal
     (`run.interrupt`), the epoch stops after the current step: unless it was the epoch's
@@ -218,7 +230,7 @@ def train_epoch(run: Run, epoch: int) -> float:
     """
     done = run.resume_steps if epoch == run.start_epoch else 0
     if not done:
-        run.train_loss_sum, run.train_loss_steps = 0.0, 0
+        run.train_sums, run.train_steps = {}, 0
     split = run.splits["train"]
     batches = batch_rows(
         split_size(split),
@@ -230,8 +242,9 @@ def train_epoch(run: Run, epoch: int) -> float:
     for index, rows in itertools.islice(enumerate(batches), done, steps):
         sharded = place_rows(split, rows, run.batch_sharding)
         run.state, measurements = run.train_step(run.state, sharded)
-        run.train_loss_sum = run.train_loss_sum + measurements["loss"]
-        run.train_loss_steps += 1
+        for name, key in epoch_means_keys(measurements).items():
+            run.train_sums[name] = run.train_sums.get(name, 0.0) + measurements[key]
+        run.train_steps += 1
         step = int(run.state.step)
         for action in run.actions:
             if action.should_trigger(step, index == steps - 1):
@@ -240,9 +253,9 @@ def train_epoch(run: Run, epoch: int) -> float:
         if run.interrupt.pending() is not None and index < steps - 1:
             save_checkpoint(run, epoch, False, in_epoch={"steps": index + 1})
             raise_interrupted(run)
-    if not run.train_loss_steps:
-        return math.nan
-    return float(run.train_loss_sum) / run.train_loss_steps
+    if not run.train_steps:
+        return {"loss": math.nan}
+    return {name: float(total) / run.train_steps for name, total in run.train_sums.items()}
 
 
 def raise_interrupted(run: Run) -> None:
@@ -333,18 +346,19 @@ def evaluate_epoch(run: Run):
     return val, outputs, batches
 
 
-def consult_guards(run: Run, epoch: int, val: dict, train_loss: float):
+def consult_guards(run: Run, epoch: int, val: dict, train: dict[str, float]):
     """Evaluation guards, best checkpoint, history and logs; returns `(is_best, stop event)`.
 
-    `train_loss` is the epoch's mean training loss over all its steps."""
-    metrics = {**val, "train_loss": train_loss}
+    `train` holds the epoch's means over all its steps (`train_epoch`): the guards get its
+    `"loss"` as `train_loss`; the history and `log.csv` get every entry as `train_<name>`."""
+    metrics = {**val, "train_loss": train["loss"]}
     events = run.guards.on_evaluation(Evaluation(epoch, metrics))
     stop = report_events(run, events, int(run.state.step))
     is_best = run.best is not None and run.best.update(epoch, metrics)
     numbers = run_outputs.numbers_only(val)
     record = {
         "epoch": epoch,
-        "train_loss": train_loss,
+        **{f"train_{k}": v for k, v in train.items()},
         **{f"val_{k}": v for k, v in numbers.items()},
     }
     run.history.append(record)
@@ -393,8 +407,8 @@ def save_checkpoint(
     if in_epoch is not None:
         meta["in_epoch"] = {
             **in_epoch,
-            "train_loss_sum": float(run.train_loss_sum),
-            "train_loss_steps": run.train_loss_steps,
+            "train_sums": {name: float(total) for name, total in run.train_sums.items()},
+            "train_steps": run.train_steps,
         }
     if stop is not None:
         meta["stopped_by"] = dataclasses.asdict(stop)

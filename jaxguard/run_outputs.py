@@ -202,14 +202,17 @@ def monitor_values(rows: list[dict[str, float]], monitor: str) -> np.ndarray:
 def learning_curve_figure(summary: RunSummary) -> Figure:
     """Train and validation loss, the monitored metric and the guard events of a run, per epoch.
 
-    Read from `log.csv` and `guard_events.jsonl` in `summary.workdir`; validation columns
-    ending in `loss` (a task's own loss terms, e.g. the cVAE's `val_rec_loss`) are drawn too.
+    Read from `log.csv` and `guard_events.jsonl` in `summary.workdir`; each loss term's
+    training mean (`train_<term>`) and validation columns ending in `loss` (a task's own
+    loss terms, e.g. the cVAE's `val_rec_loss`) are drawn too.
     """
     rows = read_log(summary.workdir)
+    columns = rows[0] if rows else {}
     terms = sorted(
-        key.removeprefix("val_")
-        for key in (rows[0] if rows else {})
-        if key.startswith("val_") and key.endswith("loss") and key != "val_loss"
+        key
+        for key in columns
+        if (key.startswith("train_") and key != "train_loss")
+        or (key.startswith("val_") and key.endswith("loss") and key != "val_loss")
     )
     monitor = summary.best_monitor
     return figures.learning_curves(

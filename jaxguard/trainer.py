@@ -119,9 +119,9 @@ def train_epochs(run: Run, on_epoch_end: Callable[[int], None] | None) -> None:
         if run.interrupt.pending() is not None:
             raise_interrupted(run)
         run.epoch = epoch
-        train_loss = train_epoch(run, epoch)
+        train = train_epoch(run, epoch)
         val, val_outputs, val_batches = evaluate_epoch(run)
-        is_best, stop = consult_guards(run, epoch, val, train_loss)
+        is_best, stop = consult_guards(run, epoch, val, train)
         save_checkpoint(run, epoch, is_best, stop=stop)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -396,8 +396,8 @@ def restore(run: Run) -> None:
     run.resume_steps = in_epoch["steps"] if in_epoch else 0
     if in_epoch:
         # float32, as the device sum it was read from: the resumed epoch sums the same way.
-        run.train_loss_sum = np.float32(in_epoch["train_loss_sum"])
-        run.train_loss_steps = int(in_epoch["train_loss_steps"])
+        run.train_sums = {k: np.float32(v) for k, v in in_epoch["train_sums"].items()}
+        run.train_steps = int(in_epoch["train_steps"])
     run.history = meta["history"]
     if meta.get("stopped_by"):
         run.stopped_by = GuardEvent(**meta["stopped_by"])

@@ -60,7 +60,12 @@ def test_learning_curve_figure_reads_the_log_and_the_guard_events(tmp_path):
     _write_log(
         tmp_path,
         [
-            {"step": 10 * (r["epoch"] + 1), **r, "val_rec_loss": 0.1 * (r["epoch"] + 1)}
+            {
+                "step": 10 * (r["epoch"] + 1),
+                **r,
+                "train_kl": 0.05 * (r["epoch"] + 1),
+                "val_rec_loss": 0.1 * (r["epoch"] + 1),
+            }
             for r in summary.history
         ],
     )
@@ -68,7 +73,15 @@ def test_learning_curve_figure_reads_the_log_and_the_guard_events(tmp_path):
     figure = run_outputs.learning_curve_figure(summary)
     losses, watched = figure.axes[:2]
     labels = losses.get_legend_handles_labels()[1]
-    assert labels == ["train loss", "validation loss", "validation rec_loss", "volatility (warn)"]
+    assert labels == [
+        "train loss",
+        "validation loss",
+        "train kl",
+        "validation rec_loss",
+        "volatility (warn)",
+    ]
+    [kl] = [line for line in losses.get_lines() if line.get_label() == "train kl"]
+    np.testing.assert_allclose(kl.get_ydata(), [0.05, 0.1, 0.15])
     [monitor] = [line for line in watched.get_lines() if line.get_label() == "loss - r2"]
     np.testing.assert_allclose(monitor.get_ydata(), [0.8, -0.2, 0.0], atol=1e-12)
     assert watched.get_title() == "monitored: loss - r2"

@@ -109,27 +109,31 @@ def test_make_guards_names_the_guard_whose_metric_the_task_lacks(toy_config):
 
 def test_one_epoch_stage_by_stage(toy_config, tmp_path):
     run, stream = start(toy_config, tmp_path / "run")
-    # Log every step's scalars, to compare the epoch's training loss with all 8 of them (the
+    # Log every step's scalars, to compare the epoch's means with all 8 steps' values (the
     # config logs every 20 steps and at the epoch's last: the epoch loss must not be that one).
     run.actions = (dataclasses.replace(run.actions[0], every_steps=1), *run.actions[1:])
-    logged = []
+    logged = {"train/loss": [], "train/loss/mse": []}
     write_scalars = run.writer.write_scalars
 
     def spy(step, scalars):
-        logged.extend(v for k, v in scalars.items() if k == "train/loss")
+        for key, values in logged.items():
+            values.extend(v for k, v in scalars.items() if k == key)
         write_scalars(step, scalars)
 
     run.writer.write_scalars = spy
-    train_loss = loop.train_epoch(run, 0)
-    assert run.steps_per_epoch == 8 and int(run.state.step) == 8 and len(logged) == 8
-    assert train_loss == pytest.approx(np.mean(logged), rel=1e-6)
-    assert train_loss != pytest.approx(logged[-1], rel=1e-3)
+    train = loop.train_epoch(run, 0)
+    assert run.steps_per_epoch == 8 and int(run.state.step) == 8
+    assert set(train) == {"loss", "mse"} and len(logged["train/loss"]) == 8
+    assert train["loss"] == pytest.approx(np.mean(logged["train/loss"]), rel=1e-6)
+    assert train["mse"] == pytest.approx(np.mean(logged["train/loss/mse"]), rel=1e-6)
+    assert train["loss"] != pytest.approx(logged["train/loss"][-1], rel=1e-3)
     val, outputs, batches = loop.evaluate_epoch(run)
     assert outputs["pred"].shape == (64,) and batches["x"].shape == (64, 4)
     assert float(run.state.plateau_value) == pytest.approx(val["loss"])
-    is_best, stop = loop.consult_guards(run, 0, val, train_loss)
+    is_best, stop = loop.consult_guards(run, 0, val, train)
     assert is_best and stop is None and run.best.best_epoch == 0
     assert run.history[0]["val_r2"] == pytest.approx(val["r2"])
+    assert run.history[0]["train_mse"] == train["mse"]
     assert stream.getvalue().splitlines()[-1].startswith("epoch 0 | loss ")
     loop.save_checkpoint(run, 0, is_best)
     with open(tmp_path / "run" / "log.csv") as f:
