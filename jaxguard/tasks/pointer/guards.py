@@ -131,7 +131,52 @@ class HeadGradientBand(Guard):
         self._reported = state["reported"]
 
 
-class DoneNeverPredicted(Guard):
+class StreakGuard(Guard):
+    """Counts the evaluations in a row whose validation figures are bad; warns at `patience`.
+
+    A subclass names the `METRICS` it reads and defines `is_bad(metrics)` (True, False, or
+    None for "no evidence": the streak is left as it is) and `message(metrics)`. With
+    `warn_every` every evaluation from the `patience`-th of a streak on warns; without, only
+    that one (a new streak warns again). The streak is saved in each checkpoint.
+    """
+
+    METRICS: tuple[str, ...] = ()
+    warn_every = True
+
+    def __init__(self, patience: int):
+        self.patience = check_patience(patience)
+        self._streak = 0
+
+    def is_bad(self, metrics: Mapping[str, float]) -> bool | None:
+        raise NotImplementedError
+
+    def message(self, metrics: Mapping[str, float]) -> str:
+        raise NotImplementedError
+
+    def check_metrics(self, available: Iterable[str]) -> None:
+        require_metrics(self.METRICS, available)
+
+    def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
+        return self.update(evaluation.epoch, evaluation.metrics)
+
+    def update(self, epoch: int, metrics: Mapping[str, float]) -> GuardEvent | None:
+        """Counts the evaluation into the streak; returns the warning when one is due."""
+        bad = self.is_bad(metrics)
+        if bad is None:
+            return None
+        self._streak = self._streak + 1 if bad else 0
+        if self._streak < self.patience or (self._streak > self.patience and not self.warn_every):
+            return None
+        return GuardEvent(self.name, "warn", self.message(metrics), epoch=epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"patience": self.patience, "streak": self._streak}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._streak = state["streak"]
+
+
+class DoneNeverPredicted(StreakGuard):
     """Warns when no done validation example gets a done probability above 0.5.
 
     After each evaluation: if the validation split has done examples and the highest
@@ -150,41 +195,19 @@ class DoneNeverPredicted(Guard):
         "done_prob_std",
     )
 
-    def __init__(self, patience: int):
-        self.patience = check_patience(patience)
-        self._streak = 0
-
-    def check_metrics(self, available: Iterable[str]) -> None:
-        require_metrics(self.METRICS, available)
-
-    def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
-        return self.update(evaluation.epoch, evaluation.metrics)
-
-    def update(self, epoch: int, metrics: Mapping[str, float]) -> GuardEvent | None:
-        """Counts the evaluation into the streak; warns from `patience` in a row on."""
+    def is_bad(self, metrics: Mapping[str, float]) -> bool | None:
         highest = metrics["done_prob_max_positive"]
-        if math.isnan(highest):
-            return None
-        self._streak = self._streak + 1 if highest <= DONE_THRESHOLD else 0
-        if self._streak < self.patience:
-            return None
+        return None if math.isnan(highest) else highest <= DONE_THRESHOLD
+
+    def message(self, metrics: Mapping[str, float]) -> str:
         positives = round(metrics["done_true_rate"] * metrics["count"])
-        return GuardEvent(
-            self.name,
-            "warn",
+        return (
             f"done never predicted: for {self._streak} evaluations in a row none of the "
             f"{positives} done validation examples got a done probability above "
-            f"{DONE_THRESHOLD} (highest {highest:.3f}; all examples: mean "
-            f"{metrics['done_prob_mean']:.3f}, std {metrics['done_prob_std']:.3f}); raise "
-            "loss.pos_weight or loss.done_weight, or check the done labels",
-            epoch=epoch,
+            f"{DONE_THRESHOLD} (highest {metrics['done_prob_max_positive']:.3f}; all examples: "
+            f"mean {metrics['done_prob_mean']:.3f}, std {metrics['done_prob_std']:.3f}); raise "
+            "loss.pos_weight or loss.done_weight, or check the done labels"
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"patience": self.patience, "streak": self._streak}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._streak = state["streak"]
 
 
 def check_share(share: Any) -> float:
@@ -205,7 +228,7 @@ def check_miss_px(miss_px: Any) -> None:
         )
 
 
-class LenientThreshold(Guard):
+class LenientThreshold(StreakGuard):
     """Warns when the spatial loss treats misses as close: a distance threshold too lenient.
 
     After each evaluation: if more than `max_share` of the validation pointing errors are
@@ -221,45 +244,30 @@ class LenientThreshold(Guard):
 
     name = "lenient_threshold"
     METRICS = ("soft_miss_rate", "pixel_error_median", "pixel_error_count")
+    warn_every = False
 
     def __init__(self, max_share: float, patience: int, soft_zone_px: tuple[float, float]):
+        super().__init__(patience)
         self.max_share = check_share(max_share)
-        self.patience = check_patience(patience)
         self.soft_zone_px = soft_zone_px
-        self._streak = 0
 
-    def check_metrics(self, available: Iterable[str]) -> None:
-        require_metrics(self.METRICS, available)
-
-    def on_evaluation(self, evaluation: Evaluation) -> GuardEvent | None:
-        return self.update(evaluation.epoch, evaluation.metrics)
-
-    def update(self, epoch: int, metrics: Mapping[str, float]) -> GuardEvent | None:
-        """Counts the evaluation into the streak; warns from `patience` in a row on."""
+    def is_bad(self, metrics: Mapping[str, float]) -> bool | None:
         share = metrics["soft_miss_rate"]
-        if math.isnan(share):
-            return None
-        self._streak = self._streak + 1 if share > self.max_share else 0
-        if self._streak != self.patience:
-            return None
+        return None if math.isnan(share) else share > self.max_share
+
+    def message(self, metrics: Mapping[str, float]) -> str:
         miss_px, threshold_px = self.soft_zone_px
-        return GuardEvent(
-            self.name,
-            "warn",
+        return (
             f"distance threshold too lenient: for {self.patience} evaluations in a row "
-            f"{share:.0%} of the validation pointing errors (limit {self.max_share:.0%}) "
-            f"missed the object (> {miss_px:.0f} px) but stayed inside the loss's quadratic "
-            f"zone (< {threshold_px:.0f} px), where the gradient fades with the error (median "
-            f"error {metrics['pixel_error_median']:.1f} px); lower loss.threshold toward "
-            f"{miss_px:.0f} px",
-            epoch=epoch,
+            f"{metrics['soft_miss_rate']:.0%} of the validation pointing errors (limit "
+            f"{self.max_share:.0%}) missed the object (> {miss_px:.0f} px) but stayed inside "
+            f"the loss's quadratic zone (< {threshold_px:.0f} px), where the gradient fades "
+            f"with the error (median error {metrics['pixel_error_median']:.1f} px); lower "
+            f"loss.threshold toward {miss_px:.0f} px"
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"max_share": self.max_share, "patience": self.patience, "streak": self._streak}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._streak = state["streak"]
+        return {**super().state_dict(), "max_share": self.max_share}
 
 
 def make_guards(config: ConfigDict, splits) -> list[Guard]:
