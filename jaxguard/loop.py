@@ -239,10 +239,12 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         drop_last=True,
     )
     steps = run.steps_per_epoch
+    summed = None  # The keys to sum, read from the first step's measurements.
     for index, rows in itertools.islice(enumerate(batches), done, steps):
         sharded = place_rows(split, rows, run.batch_sharding)
         run.state, measurements = run.train_step(run.state, sharded)
-        for name, key in epoch_means_keys(measurements).items():
+        summed = summed or epoch_means_keys(measurements)
+        for name, key in summed.items():
             run.train_sums[name] = run.train_sums.get(name, 0.0) + measurements[key]
         run.train_steps += 1
         step = int(run.state.step)
@@ -398,7 +400,7 @@ def save_checkpoint(
     """Saves `latest/` (and then `best/` when `is_best`) with the host-side state as meta.
 
     `in_epoch` (`{"steps": k}`) marks a mid-epoch save after k steps of `epoch`, with the
-    epoch's training-loss sum so far; `stop` records the guard that ended the run, so that resuming
+    epoch's training sums so far; `stop` records the guard that ended the run, so that resuming
     a stopped run finishes it instead of training on. `latest/` goes first: a crash
     between the two saves is repaired on resume (`trainer.repair_best`).
     """

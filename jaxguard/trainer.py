@@ -126,9 +126,8 @@ def train_epochs(run: Run, on_epoch_end: Callable[[int], None] | None) -> None:
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if stop is not None:
-            if stop.guard == "collapse" and run.task.collapse_arrays is not None and is_writer():
-                pred, target = run.task.collapse_arrays(val_outputs, val_batches)
-                run_outputs.dump_collapse(run.workdir, pred, target, stop)
+            if stop.guard == "collapse":
+                write_collapse_dump(run, val_outputs, val_batches, stop)
             raise RunStopped(stop)
 
 
@@ -148,7 +147,12 @@ def dump_collapse_inside_epoch(run: Run, event) -> None:
         run.config.eval.batch_size,
         run.shard,
     )
-    if is_writer():
+    write_collapse_dump(run, outputs, batches, event)
+
+
+def write_collapse_dump(run: Run, outputs, batches, event) -> None:
+    """`collapse_diagnostics.json` from validation outputs (process 0; tasks with the hook)."""
+    if run.task.collapse_arrays is not None and is_writer():
         pred, target = run.task.collapse_arrays(outputs, batches)
         run_outputs.dump_collapse(run.workdir, pred, target, event)
 

@@ -71,15 +71,16 @@ class PointerMetrics:
 
     def soft_miss_rate(self) -> float:
         """Host-side share of pointing errors in ``[miss_px, threshold_px)`` (class docstring)."""
-        errors = self.pointing.pixel_errors
-        total = errors.compute()["count"]
+        errors = jax.device_get(self.pointing.pixel_errors)
+        counts = np.asarray(errors.counts)
+        total = counts.sum() + int(errors.underflow) + int(errors.overflow)
         if total == 0:
             return math.nan
         edges = errors.edges()
         centres = (edges[:-1] + edges[1:]) / 2
         low, high = self.soft_zone_px
         inside = (centres >= low) & (centres < high)
-        return float(np.asarray(jax.device_get(errors.counts))[inside].sum() / total)
+        return float(counts[inside].sum() / total)
 
 
 def soft_zone_px(config: ConfigDict) -> tuple[float, float]:
