@@ -1,22 +1,25 @@
-"""What the guards cost: a default epoch with every guard on against every guard off, per task.
+"""What the guards and logging cost: a default epoch with everything on against it all off.
 
     python -m benchmarks.guard_overhead                       # every task, 2 rounds
     python -m benchmarks.guard_overhead --tasks optical_depth --rounds 3
 
-For each task, its bundled default config is trained in this process, alternating two
-settings round after round (so a change in the machine's load hits both alike):
+For each task, its bundled default config is trained in this process, alternating three
+settings round after round (so a change in the machine's load hits all alike):
 
 - **on**: the config as bundled: every guard it enables, the loss-term gradient shares on the
   diagnostics cadence (`log.term_gradients`), the ensemble drawn for `guard.ensemble_spread`;
 - **off**: every guard section with an `enabled` key switched off, `log.term_gradients` off,
   and `guard.best.monitor` set to early stopping's monitor, so checkpoints are chosen and
   written as in "on" (the non-finite guard cannot be switched off; it reads counters the train
-  step computes anyway).
+  step computes anyway);
+- **all off**: "off", and no diagnostics (`log.diagnostics_every_steps` beyond the run) and no
+  TensorBoard (`log.tensorboard=False`: no event file, no per-evaluation histograms or images).
 
 Each run trains `--epochs` epochs (3); the first includes compilation and is left out, the
 others are timed from the end of one epoch's checkpoint to the next (train steps, logging,
 diagnostics, evaluation, guards, checkpoint). Reported: the median epoch seconds of each
-setting and their ratio. Results go to benchmarks/results/guard_overhead-<time>.{md,json}.
+setting and the overhead of "on" over each of the others. Results go to
+benchmarks/results/guard_overhead-<time>.{md,json}.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ def guards_off(config) -> list[str]:
     return overrides
 
 
+def all_off(config) -> list[str]:
+    """`guards_off`, and no diagnostics and no TensorBoard."""
+    return [*guards_off(config), f"log.diagnostics_every_steps={10**9}", "log.tensorboard=False"]
+
+
 def epoch_seconds(name: str, overrides: Sequence[str], epochs: int, workdir: str) -> list[float]:
     """Seconds of each epoch after the first, from one run of task `name` with `overrides`."""
     config = config_lib.load_config(
@@ -68,7 +76,7 @@ def epoch_seconds(name: str, overrides: Sequence[str], epochs: int, workdir: str
 
 def measure(name: str, rounds: int, epochs: int) -> dict:
     config = config_lib.load_config(name)
-    settings = {"on": [], "off": guards_off(config)}
+    settings = {"on": [], "off": guards_off(config), "all off": all_off(config)}
     seconds: dict[str, list[float]] = {setting: [] for setting in settings}
     loads = [benchmarks.load_average()]
     with tempfile.TemporaryDirectory() as scratch:
@@ -78,14 +86,17 @@ def measure(name: str, rounds: int, epochs: int) -> dict:
                 seconds[setting] += epoch_seconds(name, overrides, epochs, workdir)
                 print(f"{name} {setting} round {round_index}: {seconds[setting][-1]:.2f} s/epoch")
     loads.append(benchmarks.load_average())
-    on, off = (statistics.median(seconds[s]) for s in ("on", "off"))
+    on, off, none = (statistics.median(seconds[s]) for s in settings)
     return {
         "task": name,
         "on_s": on,
         "off_s": off,
+        "all_off_s": none,
         "overhead": on / off - 1,
+        "overhead_all": on / none - 1,
         "epochs_timed": {s: len(v) for s, v in seconds.items()},
         "off_overrides": settings["off"],
+        "all_off_overrides": settings["all off"],
         "load": loads,
     }
 
@@ -104,13 +115,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = benchmarks.environment(benchmarks.tune_host_allocator())
     rows = [measure(name, args.rounds, args.epochs) for name in names]
     table = benchmarks.markdown_table(
-        ("task", "epoch s, guards on", "epoch s, guards off", "overhead", "epochs timed", "load"),
+        (
+            "task",
+            "epoch s, all on",
+            "guards off",
+            "all off",
+            "overhead vs guards off",
+            "overhead vs all off",
+            "epochs timed",
+            "load",
+        ),
         [
             [
                 row["task"],
                 f"{row['on_s']:.2f}",
                 f"{row['off_s']:.2f}",
+                f"{row['all_off_s']:.2f}",
                 f"{row['overhead']:+.1%}",
+                f"{row['overhead_all']:+.1%}",
                 row["epochs_timed"]["on"],
                 " -> ".join(f"{load:.1f}" for load in row["load"]),
             ]

@@ -144,6 +144,10 @@ def get_config() -> config_dict.ConfigDict:
     # term; guard.loss_terms.min_share reads it).
     config.log.term_gradients = True
     config.log.histogram_bins = 20
+    # The run's TensorBoard event file: scalars, histograms and images at every evaluation and
+    # diagnostics step. False: no event file and no per-evaluation histograms or images
+    # (log.csv, guard events, report and figures/*.png are written all the same).
+    config.log.tensorboard = True
     config.log.progress = True  # Console progress bar.
 
     # Checkpoints (orbax), saved every epoch: the latest for --resume and the best (guard.best).

@@ -315,7 +315,8 @@ def write_diagnostics(run: Run, epoch: int, val_batch, train_batch) -> None:
         measured = run.term_gradients(run.state, train_batch)
         terms = {key: float(value) for key, value in measured.items()}
     run.writer.write_scalars(step, {**scalars, **terms})
-    run.writer.write_histograms(step, run.task.histograms(host_tree(outputs), val_batch))
+    if run.writer.writes:
+        run.writer.write_histograms(step, run.task.histograms(host_tree(outputs), val_batch))
     diagnostics = Diagnostics(step, epoch, {**computed, **terms})
     stop = report_events(run, run.guards.on_diagnostics(diagnostics), step)
     if stop is not None:
@@ -341,10 +342,11 @@ def evaluate_epoch(run: Run):
     run.writer.write_scalars(
         step, {f"val/{k}": v for k, v in run_outputs.numbers_only(val).items()}
     )
-    run.writer.write_histograms(step, task.histograms(outputs, batches))
-    run.writer.write_histograms(step, weight_histograms(run.state.params))
-    if task.images is not None:
-        run.writer.write_images(step, task.images(outputs, batches))
+    if run.writer.writes:
+        run.writer.write_histograms(step, task.histograms(outputs, batches))
+        run.writer.write_histograms(step, weight_histograms(run.state.params))
+        if task.images is not None:
+            run.writer.write_images(step, task.images(outputs, batches))
     return val, outputs, batches
 
 

@@ -379,7 +379,7 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
                 purge_step=int(run.state.step) if resume else None,
             )
         ]
-        if writing
+        if writing and config.log.tensorboard
         else []
     )
     return run

@@ -161,6 +161,11 @@ class MultiWriter:
     def __init__(self, writers: Sequence[object]):
         self._writers = list(writers)
 
+    @property
+    def writes(self) -> bool:
+        """Whether any writer listens: callers skip drawing what nobody would receive."""
+        return bool(self._writers)
+
     def _each(self, method: str, *args) -> None:
         for writer in self._writers:
             if hasattr(writer, method):

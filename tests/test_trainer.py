@@ -199,3 +199,21 @@ def test_interrupt_records_the_first_signal_and_exits_at_the_second(monkeypatch)
     assert signal.getsignal(signal.SIGTERM) == before
     assert loop.RunInterrupted(signal.SIGTERM, "saved").exit_code == 143
     assert loop.RunInterrupted(signal.SIGINT, "saved").exit_code == 130
+
+
+def test_without_tensorboard_no_event_file_and_no_histograms_drawn(tmp_path, monkeypatch):
+    def not_drawn(*args):
+        raise AssertionError("histograms drawn for a run without TensorBoard")
+
+    monkeypatch.setattr(loop, "weight_histograms", not_drawn)
+    config = config_lib.load_config(TOY, ["log.tensorboard=False", "train.epochs=2"])
+    workdir = tmp_path / "run"
+    summary = trainer.train_and_evaluate(
+        config, str(workdir), console=Console(io.StringIO(), progress=False)
+    )
+    events = [name for _, _, names in os.walk(workdir) for name in names if "tfevents" in name]
+    assert events == []
+    with open(workdir / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    assert summary["epochs_run"] == 2
+    assert (workdir / "figures" / "learning_curves.png").exists()
