@@ -32,6 +32,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -325,6 +326,7 @@ def compare_torch(args, names: list[str]) -> None:
         from torch._inductor import config as inductor_config
 
         inductor_config.force_disable_caches = True
+        warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")
     info["compile_caches_note"] = (
         f"compile caches: torch.compile's on-disk caches {'on' if args.torch_cache else 'off'}"
         f" (--torch-cache), JAX's persistent cache {jax_cache or 'off'}"
