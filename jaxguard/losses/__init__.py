@@ -16,6 +16,7 @@ from jaxguard.losses._extremes import coarsen as coarsen
 from jaxguard.losses._extremes import extreme_mae as extreme_mae
 from jaxguard.losses._extremes import extreme_weighted_mae as extreme_weighted_mae
 from jaxguard.losses._extremes import mass_conservation as mass_conservation
+from jaxguard.losses._into import value_and_grad_into as value_and_grad_into
 from jaxguard.losses._pointing import distance_hinge as distance_hinge
 from jaxguard.losses._pointing import split_distance as split_distance
 from jaxguard.losses._regression import absolute_error as absolute_error
