@@ -15,17 +15,18 @@ settings round after round (so a change in the machine's load hits all alike):
 - **all off**: "off", and no diagnostics (`log.diagnostics_every_steps` beyond the run) and no
   TensorBoard (`log.tensorboard=False`: no event file, no per-evaluation histograms or images).
 
-Each run trains `--epochs` epochs (3); the first includes compilation and is left out, the
-others are timed from the end of one epoch's checkpoint to the next (train steps, logging,
-diagnostics, evaluation, guards, checkpoint). Reported: the median epoch seconds of each
-setting and the overhead of "on" over each of the others. Results go to
-benchmarks/results/guard_overhead-<time>.{md,json}.
+Each run trains `--epochs` epochs (3; more when the task's lr warm-up is longer); the first
+includes compilation and is left out, the others are timed from the end of one epoch's
+checkpoint to the next (train steps, logging, diagnostics, evaluation, guards, checkpoint).
+Reported: the median epoch seconds of each setting and the overhead of "on" over each of the
+others. Results go to benchmarks/results/guard_overhead-<time>.{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import statistics
 import sys
 import tempfile
@@ -76,6 +77,8 @@ def epoch_seconds(name: str, overrides: Sequence[str], epochs: int, workdir: str
 
 def measure(name: str, rounds: int, epochs: int) -> dict:
     config = config_lib.load_config(name)
+    # A run must outlast its lr warm-up (the config check refuses it otherwise: surface's is 5).
+    epochs = max(epochs, math.floor(config.optim.warmup_epochs) + 1)
     settings = {"on": [], "off": guards_off(config), "all off": all_off(config)}
     seconds: dict[str, list[float]] = {setting: [] for setting in settings}
     loads = [benchmarks.load_average()]
