@@ -76,7 +76,7 @@ def _conv3x3x3_as_2d(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     `[3, 3, 3C, out]`. The same sums in another order (float32 rounding apart), with the
     same parameters. Why: XLA:CPU's 3D convolutions (forward and both gradients) ran 4-8x
     slower than the same layers in PyTorch (16 -> 8 channels at 8 x 16^3: about 240 ms
-    against 31), and this form took the whole surface train step from 876 to 376 ms
+    against 31), and this form took the whole surface train step from 876 to 376 ms at load 7
     (`python -m benchmarks.train_step --compare torch`, 2 CPU cores).
     """
     kernel, bias = conv.kernel[...], conv.bias[...]
