@@ -31,7 +31,7 @@ Variants (`--cfg configs/cvae.py:NAME`):
 Failure-zoo variants (`python -m benchmarks.zoo`; 8 x 8 fields, 3% heavy days, 12 epochs at lr
 6e-4 with cosine decay, `_zoo_setup`; about 1-4 minutes each on 2 cores). Measured on seeds 0, 1:
   zoo_fixed      the healthy twin (the default's loss and model): test tail MAE 9.44, 8.13;
-               spread/skill at least 0.79, 0.61 from epoch 3 on; no guard alarm
+               spread/skill (2 members) at least 0.87, 0.68 from epoch 3 on; no guard alarm
   zoo_ratio_bug  the twin with seed 002's ratio bug (lambda_ext 2 x the share of extreme
                samples): test tail MAE 9.22, 7.14, not above the twin's (not reproduced: the
                extreme term trains the posterior reconstruction, and the extremes are visible
@@ -41,7 +41,7 @@ Failure-zoo variants (`python -m benchmarks.zoo`; 8 x 8 fields, 3% heavy days, 1
                without clipping, early stopping on rec_loss, patience 3): the warm-up guard
                warns at epoch 0, but val rec_loss kept improving (best epoch 11 at 100% of
                beta; largest rise 1%, 14%), so neither failure reproduced
-  zoo_mean_only  the ensemble before calibration: spread/skill 0.19, 0.15 at epoch 3; the
+  zoo_mean_only  the ensemble before calibration: spread/skill 0.21, 0.21 at epoch 3; the
                ensemble-spread guard warns at epoch 3 and stops the run at epoch 4
 """
 
