@@ -82,30 +82,52 @@ def load_task(name: str):
     return config_lib.load_config(name), tasks.get_task(name)
 
 
+class HarnessStep:
+    """A task's donated-state train step, built as the harness builds it (`trainer.build`,
+    `task.make_loss`, `steps.make_train_step`), over a cycle of training batches already on
+    the device; each call runs one step and waits for it.
+
+    Attributes:
+      splits, run, loss_fn, train_step: what the harness builds from the config.
+      param_count: the model's parameters.
+      host_batches: the first `count` training batches (at most an epoch's), as host arrays.
+      batches: the same, placed as the harness places them; state: the state after the last call.
+    """
+
+    def __init__(self, config, task, count: int):
+        self.splits = task.make_splits(config)
+        self.run = trainer.build(config, task, self.splits)
+        self.loss_fn = task.make_loss(config, self.splits, self.run.steps_per_epoch)
+        self.train_step = step_lib.make_train_step(
+            self.run.graphdef, task, self.loss_fn, self.run.tx, self.run.schedule
+        )
+        self.param_count = sum(
+            int(np.prod(p.shape)) for p in jax.tree.leaves(self.run.state.params)
+        )
+        batch_sharding, replicated = batching.data_sharding()
+        train = self.splits["train"]
+        self.host_batches = [
+            dict(batch)
+            for batch in itertools.islice(
+                batching.iterate_batches(
+                    train, config.train.batch_size, seed=config.seed, drop_last=True
+                ),
+                min(self.run.steps_per_epoch, count),
+            )
+        ]
+        self.batches = [jax.device_put(batch, batch_sharding) for batch in self.host_batches]
+        self.state = jax.device_put(self.run.state, replicated)
+        self._cycle = itertools.cycle(self.batches)
+
+    def __call__(self) -> None:
+        self.state, measurements = self.train_step(self.state, next(self._cycle))
+        jax.block_until_ready((self.state, measurements))
+
+
 def benchmark_task(name: str, config, task, steps: int, warmup: int) -> dict:
     """Builds `name`'s model, loss and train step as the harness does and times the step."""
-    splits = task.make_splits(config)
-    run = trainer.build(config, task, splits)
-    loss_fn = task.make_loss(config, splits, run.steps_per_epoch)
-    train_step = step_lib.make_train_step(run.graphdef, task, loss_fn, run.tx, run.schedule)
-    batch_sharding, replicated = batching.data_sharding()
+    step = HarnessStep(config, task, steps + warmup + 1)
     batch_size = config.train.batch_size
-    per_epoch = batching.steps_per_epoch(config, batching.split_size(splits["train"]))
-    batches = [
-        jax.device_put(dict(batch), batch_sharding)
-        for batch in itertools.islice(
-            batching.iterate_batches(splits["train"], batch_size, seed=config.seed, drop_last=True),
-            min(per_epoch, steps + warmup + 1),
-        )
-    ]
-    state = jax.device_put(run.state, replicated)
-    batch_cycle = itertools.cycle(batches)
-
-    def step():
-        nonlocal state
-        state, measurements = train_step(state, next(batch_cycle))
-        jax.block_until_ready((state, measurements))
-
     start = time.perf_counter()
     step()
     first_call = time.perf_counter() - start
@@ -114,10 +136,11 @@ def benchmark_task(name: str, config, task, steps: int, warmup: int) -> dict:
     load_start = benchmarks.load_average()
     times = benchmarks.round_robin({"step": step}, steps)["step"]
     median = float(np.median(times))
-    footprint = _step_footprint(train_step, state, batches[0])  # after timing: reuses the compile
+    # After timing: reuses the compile.
+    footprint = _step_footprint(step.train_step, step.state, step.batches[0])
     return {
         "task": name,
-        "params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(run.state.params)),
+        "params": step.param_count,
         "batch_size": batch_size,
         "compile_s": first_call - median,
         "median_s": median,
@@ -155,10 +178,10 @@ def _torch_twin(name: str, config, splits, torch_models):
     raise ValueError(f"--compare torch: no PyTorch twin of {name!r}; choose {TORCH_TASKS}")
 
 
-def check_parity(name, task, run, loss_fn, batch, twin, loss_of, torch) -> dict:
+def check_parity(name, task, step: HarnessStep, batch, twin, loss_of, torch) -> dict:
     """Equal parameter counts, and (jaxguard's parameters copied in) the same evaluation-mode
     outputs and loss on `batch`. Returns the differences; raises `ParityError` on a mismatch."""
-    params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(run.state.params))
+    run, loss_fn, params = step.run, step.loss_fn, step.param_count
     twin_params = sum(p.numel() for p in twin.parameters())
     if params != twin_params:
         raise ParityError(
@@ -197,26 +220,16 @@ def compare_torch_task(name: str, config, task, steps: int, warmup: int, torch_m
     """jaxguard's train step of `name` and its PyTorch twin's, eager and compiled, in turns."""
     import torch
 
-    splits = task.make_splits(config)
-    run = trainer.build(config, task, splits)
-    loss_fn = task.make_loss(config, splits, run.steps_per_epoch)
-    train_step = step_lib.make_train_step(run.graphdef, task, loss_fn, run.tx, run.schedule)
-    batch_sharding, replicated = batching.data_sharding()
+    jax_step = HarnessStep(config, task, steps + warmup + 1)
+    run, host_batches = jax_step.run, jax_step.host_batches
     batch_size = config.train.batch_size
-    host_batches = [
-        dict(batch)
-        for batch in itertools.islice(
-            batching.iterate_batches(splits["train"], batch_size, seed=config.seed, drop_last=True),
-            min(run.steps_per_epoch, steps + warmup + 1),
-        )
-    ]
     parity = {}
     twins = {}
     for impl in ("torch-eager", "torch-compile"):
-        twin, loss_of = _torch_twin(name, config, splits, torch_models)
+        twin, loss_of = _torch_twin(name, config, jax_step.splits, torch_models)
         torch_models.load_params(twin, nnx.to_pure_dict(run.state.params))
         if impl == "torch-eager":
-            parity = check_parity(name, task, run, loss_fn, host_batches[0], twin, loss_of, torch)
+            parity = check_parity(name, task, jax_step, host_batches[0], twin, loss_of, torch)
         else:
             loss_of = torch.compile(loss_of)
         optimizer, scheduler = torch_models.make_optimizer(
@@ -227,14 +240,6 @@ def compare_torch_task(name: str, config, task, steps: int, warmup: int, torch_m
         {key: torch.from_numpy(np.array(value)) for key, value in batch.items()}
         for batch in host_batches
     ]
-    batches = [jax.device_put(batch, batch_sharding) for batch in host_batches]
-    state = jax.device_put(run.state, replicated)
-    jax_cycle = itertools.cycle(batches)
-
-    def jax_step():
-        nonlocal state
-        state, measurements = train_step(state, next(jax_cycle))
-        jax.block_until_ready((state, measurements))
 
     def torch_step(impl):
         twin, loss_of, optimizer, scheduler = twins[impl]
