@@ -96,27 +96,32 @@ def make_term_gradients(graphdef, task: Task, loss_fn) -> Callable:
 
         share_t = ||d (w_t L_t) / d params|| / sum_s ||d (w_s L_s) / d params||,
 
-    one backward pass per term, each from the same state (so the same dropout masks). The
-    state is read, never written: the dropout RNG counters the forward passes advance are
+    from one forward pass (so every term sees the same dropout masks) and one backward pass
+    vectorised over the terms: the vector-Jacobian product of the weighted terms `[T]` with
+    each row of the identity `[T, T]`. (A separate forward and backward pass per term, as
+    before, compiled T times the graph: 3.9 s of compilation on the optical-depth model.) The
+    state is read, never written: the dropout RNG counters the forward pass advances are
     dropped, so measuring does not change the run. When every term's gradient is zero, all
     shares are 0.
     """
     names = tuple(loss_fn.terms)
 
     def term_gradients(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        norms, values = [], {}
-        for name in names:
-
-            def weighted(model, name=name):
-                outputs = task.forward(model, batch)
-                _, terms = loss_fn(task.loss_inputs(outputs, batch), step=state.step)
-                return terms[f"{name}/weighted"], terms[name]
-
-            model = nnx.merge(graphdef, state.params, state.model_state)
+        # The model state (dropout RNG counters) is a primal too: nnx refuses to advance a
+        # counter from outside the trace that reads it. Its cotangent is dropped.
+        def weighted_terms(params, model_state):
+            model = nnx.merge(graphdef, params, model_state)
             model.train()
-            grads, values[name] = nnx.grad(weighted, has_aux=True)(model)
-            norms.append(optax.tree.norm(grads))
-        norms = jnp.stack(norms)
+            outputs = task.forward(model, batch)
+            _, terms = loss_fn(task.loss_inputs(outputs, batch), step=state.step)
+            weighted = jnp.stack([terms[f"{name}/weighted"] for name in names])
+            return weighted, {name: terms[name] for name in names}
+
+        weighted, vjp, values = jax.vjp(
+            weighted_terms, state.params, state.model_state, has_aux=True
+        )
+        grads, _ = jax.vmap(vjp)(jnp.eye(len(names), dtype=weighted.dtype))
+        norms = jax.vmap(optax.tree.norm)(grads)  # [T]
         shares = norms / jnp.maximum(jnp.sum(norms), jnp.finfo(norms.dtype).tiny)
         result = {}
         for index, name in enumerate(names):
