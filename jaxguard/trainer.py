@@ -39,6 +39,7 @@ from jaxguard.loop import (
     Run,
     RunInterrupted,
     RunStopped,
+    compile_ahead,
     consult_guards,
     evaluate_epoch,
     pause_point,
@@ -331,7 +332,9 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
     writing = is_writer()  # Process 0 writes the logs; the others log nowhere.
     for line in task.startup_lines(config, splits) if task.startup_lines else ():
         console.line(line)
-    empty_metrics = task.empty_metrics(config)
+    # Committed like the metrics each eval step returns: one compiled step for the first batch
+    # and the others (an uncommitted first argument compiled a second copy).
+    empty_metrics = jax.device_put(task.empty_metrics(config), replicated)
     eval_step = make_eval_step(built.graphdef, task, loss_fn)
     diag_batch = next(iterate_batches(splits["val"], config.eval.batch_size, drop_last=False))
     run = Run(
@@ -382,6 +385,7 @@ def start_run(config: ConfigDict, task: Task, workdir: str, console: Console, *,
         if writing and config.log.tensorboard
         else []
     )
+    run.compiling = compile_ahead(run, diag_batch)
     return run
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 
+import jax
 import numpy as np
 import pytest
 import toy_task
@@ -217,3 +218,28 @@ def test_without_tensorboard_no_event_file_and_no_histograms_drawn(tmp_path, mon
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
     assert summary["epochs_run"] == 2
     assert (workdir / "figures" / "learning_curves.png").exists()
+
+
+def test_the_eval_step_and_term_gradients_compiled_ahead_compile_nothing_in_the_loop(
+    toy_config, tmp_path
+):
+    config = config_lib.load_config(TOY, ["log.term_gradients=True"])
+    run, _ = start(config, tmp_path / "run")
+    run.compiling.result()  # Compiled on the other thread, against the abstract state.
+    compiled = []
+
+    def listener(event, seconds, fun_name="", **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        loop.train_epoch(run, 0)
+        diagnostics = next(a for a in run.actions if a.name == "diagnostics")
+        train_batch = loop.place_rows(run.splits["train"], np.arange(32), run.batch_sharding)
+        diagnostics.apply(run, 0, 7, {}, train_batch)  # The first validation batch's shape.
+        loop.evaluate_epoch(run)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert run.compiling is None and "jit(train_step)" in compiled
+    assert not {"jit(eval_step)", "jit(term_gradients)"} & set(compiled)
