@@ -397,7 +397,8 @@ def evaluate_epoch(run: Run):
         run.writer.write_histograms(step, task.histograms(outputs, batches))
         run.writer.write_histograms(step, weight_histograms(run.state.params))
         if task.images is not None:
-            run.writer.write_images(step, task.images(outputs, batches))
+            # Drawn while the next epoch trains (`MultiWriter.draw_images`).
+            run.writer.draw_images(step, lambda: task.images(outputs, batches))
     return val, outputs, batches
 
 

@@ -481,6 +481,7 @@ def repair_best(run: Run, step: int, meta: dict) -> None:
 def finish_run(run: Run, train_seconds: float) -> RunSummary:
     """Tests the best (else the last) weights; writes the report, predictions and summary."""
     config, task = run.config, run.task
+    run.writer.wait()  # The last evaluation's image: matplotlib draws one figure at a time.
     state, best_epoch, notes = tested_weights(run)
     for note in notes:
         run.console.line(note)

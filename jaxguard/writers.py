@@ -9,6 +9,7 @@ draw a NaN, and tensorboardX warns on the console for each one).
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import io
 import math
@@ -156,10 +157,17 @@ class CsvWriter:
 
 
 class MultiWriter:
-    """Sends every call to each writer that implements it."""
+    """Sends every call to each writer that implements it.
+
+    `draw_images` draws on a background thread, so a figure renders while the next epoch
+    trains; `wait` (and `close`) waits for it. Matplotlib is not thread-safe: a caller that
+    draws figures itself calls `wait` first.
+    """
 
     def __init__(self, writers: Sequence[object]):
         self._writers = list(writers)
+        self._drawing: concurrent.futures.Future | None = None
+        self._drawer: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def writes(self) -> bool:
@@ -180,14 +188,43 @@ class MultiWriter:
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         self._each("write_images", step, images)
 
+    def draw_images(self, step: int, draw: Callable[[], Mapping[str, np.ndarray]]) -> None:
+        """`write_images(step, draw())` on a background thread, after the previous draw ends.
+
+        `draw` must read only host data that nobody changes afterwards. Nothing happens when no
+        writer listens. An error raised by `draw` is raised by the next `draw_images`, `wait`
+        or `close`. One draw at a time: a draw slower than an epoch delays the next epoch's
+        `draw_images`, never piles up.
+        """
+        if not self.writes:
+            return
+        self.wait()
+        if self._drawer is None:
+            self._drawer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="jaxguard-draw"
+            )
+        self._drawing = self._drawer.submit(lambda: self.write_images(step, draw()))
+
+    def wait(self) -> None:
+        """Waits for the image `draw_images` is drawing, if any; raises its error."""
+        drawing, self._drawing = self._drawing, None
+        if drawing is not None:
+            drawing.result()
+
     def write_hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, float]) -> None:
         self._each("write_hparams", hparams, metrics)
 
     def flush(self) -> None:
+        """Flushes the writers (an image still drawing is written when its draw ends)."""
         self._each("flush")
 
     def close(self) -> None:
-        self._each("close")
+        try:
+            self.wait()
+        finally:
+            if self._drawer is not None:
+                self._drawer.shutdown()
+            self._each("close")
 
 
 def format_value(value: float) -> str:

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -244,6 +245,37 @@ def test_multi_writer_calls_every_writer_that_has_the_method(tmp_path):
         ("b", "close"),
     ]
     assert _rows(path) == [["step", "loss"], ["3", "0.5"]]
+
+
+def test_multi_writer_draws_images_on_another_thread_one_at_a_time(tmp_path):
+    log = []
+    writer = MultiWriter([_Recorder("a", log)])
+    release = threading.Event()
+    threads = []
+
+    def draw(value):
+        threads.append(threading.current_thread().name)
+        release.wait(timeout=10)
+        return {"img": np.full((1, 1, 3), value, np.uint8)}
+
+    writer.draw_images(1, lambda: draw(1))
+    assert log == []  # Still drawing: the caller went on.
+    release.set()
+    writer.draw_images(2, lambda: draw(2))  # Waits for the first draw, then starts this one.
+    assert log == [("a", "write_images", 1, ["img"])]
+    writer.wait()
+    assert log[-1] == ("a", "write_images", 2, ["img"])
+    assert threading.current_thread().name not in threads and len(set(threads)) == 1
+
+
+def test_multi_writer_raises_a_draw_error_at_the_next_call_and_skips_drawing_for_nobody():
+    writer = MultiWriter([_Recorder("a", [])])
+    writer.draw_images(1, lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        writer.close()
+    silent = MultiWriter([])
+    silent.draw_images(1, lambda: 1 / 0)  # Nobody listens: never drawn.
+    silent.close()
 
 
 # ----------------------------------------------------------------------------- console
