@@ -51,9 +51,9 @@ class OverfittingGuard(Guard):
         self,
         metric: str = "loss",
         rise: float = 0.2,
-        patience: int = 3,
+        patience: int = 2,
         start_epoch: int = 1,
-        train_drop: float = 0.1,
+        train_drop: float = 0.05,
     ):
         owner = type(self).__name__
         self.metric = str(metric)
